@@ -69,3 +69,11 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+# The project's registries: every layer registers into these by decorator, and configs
+# resolve names through them.
+GENERATORS: Registry = Registry("generator")
+NETWORKS: Registry = Registry("network")
+BASELINES: Registry = Registry("baseline")
+METRICS: Registry = Registry("metric")
