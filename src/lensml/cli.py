@@ -20,7 +20,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-bench_app = typer.Typer(help="Time lensml against peer codes and print speed ratios.", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Time lensml against peer codes and print speed ratios.", no_args_is_help=True
+)
 info_app = typer.Typer(help="Show what this installation provides.", invoke_without_command=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(info_app, name="info")
@@ -36,7 +38,9 @@ def _version_callback(value: bool) -> None:
 def _main(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version."),
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Print the version."
+        ),
     ] = False,
 ) -> None:
     """lensml: simulate, train, predict and benchmark lensing and galaxy-structure models."""
@@ -70,7 +74,9 @@ def bench_physics(
     out: Annotated[Path, typer.Option(help="JSON file for the results.")] = Path(
         "benchmarks/results/physics.json"
     ),
-    quick: Annotated[bool, typer.Option(help="Few iterations (smoke test), not a measurement.")] = False,
+    quick: Annotated[
+        bool, typer.Option(help="Few iterations (smoke test), not a measurement.")
+    ] = False,
     case: Annotated[
         list[str] | None, typer.Option(help="Case to run (strong, stamps, fft); repeatable.")
     ] = None,

@@ -23,7 +23,9 @@ def test_as_param_shapes_and_dtype():
 
 @pytest.mark.parametrize("bad", [0.0, -0.1, 1.5, math.nan, math.inf])
 def test_as_param_rejects_out_of_range(bad):
-    with pytest.raises(ValueError, match=r"SIE: parameter 'q' must be in \(0, 1\]|'q' contains NaN"):
+    with pytest.raises(
+        ValueError, match=r"SIE: parameter 'q' must be in \(0, 1\]|'q' contains NaN"
+    ):
         as_param(bad, AXIS_RATIO, "SIE")
 
 

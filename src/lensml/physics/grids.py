@@ -45,12 +45,16 @@ class PixelGrid:
                 raise ValueError(f"PixelGrid: {name!r} must be an integer >= 1; got {v!r}")
         s = self.pixel_scale
         if not isinstance(s, (int, float)) or not math.isfinite(s) or s <= 0:
-            raise ValueError(f"PixelGrid: 'pixel_scale' must be a finite number > 0 arcsec; got {s!r}")
+            raise ValueError(
+                f"PixelGrid: 'pixel_scale' must be a finite number > 0 arcsec; got {s!r}"
+            )
         if len(self.center) != 2 or not all(math.isfinite(float(c)) for c in self.center):
             raise ValueError(f"PixelGrid: 'center' must be two finite numbers; got {self.center!r}")
 
     @classmethod
-    def square(cls, n: int, pixel_scale: float, center: tuple[float, float] = (0.0, 0.0)) -> PixelGrid:
+    def square(
+        cls, n: int, pixel_scale: float, center: tuple[float, float] = (0.0, 0.0)
+    ) -> PixelGrid:
         """An ``n × n`` grid."""
         return cls(n, n, pixel_scale, center)
 
@@ -134,9 +138,7 @@ def downsample(image: Tensor, factor: int) -> Tensor:
         raise ValueError(f"downsample: image must have >= 2 dims; got shape {tuple(image.shape)}")
     h, w = image.shape[-2:]
     if h % k or w % k:
-        raise ValueError(
-            f"downsample: image size {h}×{w} is not divisible by factor {k}"
-        )
+        raise ValueError(f"downsample: image size {h}×{w} is not divisible by factor {k}")
     lead = image.shape[:-2]
     flat = image.reshape(-1, 1, h, w)
     out = F.avg_pool2d(flat, k)
