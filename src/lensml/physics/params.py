@@ -97,8 +97,7 @@ def check_value(value: Tensor, spec: ParamSpec, owner: str) -> None:
         v = value.detach()
         if not bool(torch.isfinite(v).all()):
             raise ValueError(
-                f"{owner}: parameter {spec.name!r} contains NaN or inf; "
-                f"expected {spec.describe()}"
+                f"{owner}: parameter {spec.name!r} contains NaN or inf; expected {spec.describe()}"
             )
         lo_bad = (v <= spec.low) if spec.low_open else (v < spec.low)
         hi_bad = (v >= spec.high) if spec.high_open else (v > spec.high)
