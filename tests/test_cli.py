@@ -44,3 +44,15 @@ def test_importing_lensml_has_no_side_effects(tmp_path):
     )
     assert out.stdout.strip() == "0"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_info_lists_registries_and_parameter_counts():
+    res = runner.invoke(app, ["info"])
+    assert res.exit_code == 0
+    for word in ("sie", "nfw", "sersic", "toy", "toy-cnn", "nmad"):
+        assert word in res.output
+    res = runner.invoke(app, ["info", "nets"])
+    assert res.exit_code == 0
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("toy-mlp"))
+    # 8 → 32 → 2 MLP: 8·32 + 32 + 32·2 + 2
+    assert line.split()[1].replace(",", "") == str(8 * 32 + 32 + 32 * 2 + 2)

@@ -7,7 +7,7 @@ without loading torch, astropy or the peer codes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -87,21 +87,305 @@ def bench_physics(
     run_physics_bench(quick=quick, out=out, cases=case)
 
 
+def _fail(err: BaseException) -> NoReturn:
+    """Print one clear message to stderr and exit with status 1."""
+    msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code=1)
+
+
+def _load_registries() -> None:
+    """Import the modules that register the built-in generators and networks."""
+    import importlib
+    import importlib.util
+
+    import lensml.sims
+    import lensml.train.toy  # noqa: F401  (toy networks)
+
+    if importlib.util.find_spec("lensml.nets") is not None:
+        importlib.import_module("lensml.nets")
+
+
+def _read_mapping(path: Path | None, what: str) -> dict[str, Any]:
+    if path is None:
+        return {}
+    from lensml.config import read_yaml
+
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} {path}: expected a YAML mapping at the top level")
+    return data
+
+
+@app.command()
+def simulate(
+    generator: Annotated[
+        str, typer.Argument(help="Registered generator name (see `lensml info`).")
+    ],
+    n: Annotated[int, typer.Option("--n", help="Number of items to generate (> 0).")] = 1024,
+    out: Annotated[Path, typer.Option(help="Output store directory.")] = Path("lensml-data"),
+    seed: Annotated[int, typer.Option(help="Base seed; shard i is seeded from (seed, i).")] = 0,
+    config: Annotated[Path | None, typer.Option(help="Generator config (YAML).")] = None,
+    shard_size: Annotated[int, typer.Option(help="Items per shard.")] = 1024,
+    workers: Annotated[int, typer.Option(help="Local worker processes (Dask LocalCluster).")] = 1,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Dask scheduler address, e.g. tcp://host:8786.")
+    ] = None,
+    fits: Annotated[bool, typer.Option(help="Also write one FITS file per item.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    dump_config: Annotated[
+        bool, typer.Option(help="Print the effective generator config (YAML) and exit.")
+    ] = False,
+) -> None:
+    """Generate a training set into a sharded store; rerun the same command to resume."""
+    try:
+        _load_registries()
+        if dump_config:
+            from lensml.config import dump_config as dump
+            from lensml.sims.base import get_generator, validate_config
+
+            typer.echo(dump(validate_config(get_generator(generator), config)), nl=False)
+            return
+        from lensml.data.runner import run_simulate
+
+        manifest = run_simulate(
+            generator,
+            n,
+            out,
+            seed,
+            config=config,
+            shard_size=shard_size,
+            workers=workers,
+            scheduler=scheduler,
+            fits=fits,
+            progress=progress,
+        )
+    except (ValueError, KeyError, OSError) as err:
+        _fail(err)
+    typer.echo(f"{manifest.get('n_written', n)} items of {generator!r} in {Path(out).resolve()}")
+
+
+@app.command()
+def train(
+    network: Annotated[
+        str, typer.Argument(help="Registered network name (see `lensml info nets`).")
+    ],
+    data: Annotated[Path, typer.Option(help="Training store written by `lensml simulate`.")] = Path(
+        "lensml-data"
+    ),
+    out: Annotated[Path, typer.Option(help="Run directory (checkpoints, metrics, model/).")] = Path(
+        "lensml-run"
+    ),
+    config: Annotated[Path | None, typer.Option(help="Training config (YAML).")] = None,
+    network_config: Annotated[Path | None, typer.Option(help="Network config (YAML).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT's last checkpoint.")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:K, auto.")] = None,
+    devices: Annotated[int | None, typer.Option(help="Data-parallel processes per node.")] = None,
+    num_nodes: Annotated[int | None, typer.Option(help="Number of nodes (DDP).")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    dump_config: Annotated[
+        bool, typer.Option(help="Print the effective training config (YAML) and exit.")
+    ] = False,
+) -> None:
+    """Train a network on a store with the one training engine (Lightning)."""
+    try:
+        from lensml.config import dump_config as dump
+        from lensml.config import load_config
+        from lensml.train.config import TrainConfig
+
+        cfg = load_config(config, TrainConfig)
+        if dump_config:
+            typer.echo(dump(cfg), nl=False)
+            return
+        _load_registries()
+        from lensml.data.store import open_store
+        from lensml.train import build_network, fit
+
+        store = open_store(data, require_complete=True)
+        net_cfg = _read_mapping(network_config, "network config")
+        net_cfg = _infer_network_shapes(network, net_cfg, store, cfg)
+        model = build_network(network, net_cfg)
+        dataset = store.dataset(keys=[cfg.input_key, cfg.target_key])
+        result = fit(
+            model,
+            dataset,
+            config=cfg,
+            out_dir=out,
+            resume=resume,
+            device=device,
+            devices=devices,
+            num_nodes=num_nodes,
+            progress=progress,
+            label_names=store.label_names,
+        )
+    except (ValueError, KeyError, OSError) as err:
+        _fail(err)
+    if result.get("is_global_zero", True):
+        typer.echo(
+            f"trained {network!r}: {result['epochs']} epochs, final val loss "
+            f"{result['final_val_loss']}; model in {result['model_dir']}"
+        )
+
+
+def _infer_network_shapes(
+    network: str, net_cfg: dict[str, Any], store: Any, cfg: Any
+) -> dict[str, Any]:
+    """Fill a network's input channels / output size from the store when not given."""
+    import inspect
+
+    from lensml.registry import NETWORKS
+
+    params = inspect.signature(NETWORKS.get(network)).parameters
+    shapes = store.manifest.get("arrays", {})
+    n_labels = len(store.label_names or [])
+    if "out_features" in params and "out_features" not in net_cfg and n_labels:
+        net_cfg["out_features"] = n_labels
+    image = shapes.get(cfg.input_key, {}).get("shape")
+    if "in_channels" in params and "in_channels" not in net_cfg and image and len(image) == 3:
+        net_cfg["in_channels"] = int(image[0])
+    return net_cfg
+
+
+def _predict_inputs(inputs: list[Path], pixel_scale: float | None, input_key: str):
+    """A store directory → (dataset, truth, names); FITS cutouts → (tensor, None, sources)."""
+    if len(inputs) == 1 and (inputs[0] / "manifest.json").is_file():
+        from lensml.data.store import open_store
+
+        store = open_store(inputs[0], require_complete=True)
+        return store.dataset(keys=[input_key]), store, None
+    from lensml.data.fits_io import read_cutouts
+
+    cut = read_cutouts(inputs if len(inputs) > 1 else inputs[0], pixel_scale=pixel_scale)
+    return cut.images, None, cut.sources
+
+
+@app.command()
+def predict(
+    inputs: Annotated[
+        list[Path], typer.Argument(help="A store directory, or FITS cutout file(s).")
+    ],
+    model: Annotated[Path, typer.Option(help="Saved model directory (run/model).")] = Path(
+        "lensml-run/model"
+    ),
+    out: Annotated[Path, typer.Option(help="Output FITS catalogue.")] = Path("predictions.fits"),
+    batch_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 256,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:K.")] = "cpu",
+    pixel_scale: Annotated[
+        float | None, typer.Option(help="arcsec/pixel of FITS cutouts without WCS.")
+    ] = None,
+) -> None:
+    """Predict labels with a saved model and write them as a FITS catalogue."""
+    try:
+        _load_registries()
+        import numpy as np
+
+        from lensml.data.fits_io import write_catalog
+        from lensml.train import load_model
+        from lensml.train import predict as run_predict
+
+        net, info = load_model(model, device=device)
+        key = info.train_config.get("input_key", "image") if info.train_config else "image"
+        data, _, sources = _predict_inputs(inputs, pixel_scale, key)
+        pred = run_predict((net, info), data, batch_size=batch_size, device=device).numpy()
+        names = list(info.normalisation.label_names)
+        columns: dict[str, Any] = {"index": np.arange(pred.shape[0])}
+        if sources is not None:
+            columns["source"] = np.array(sources)
+        for j, name in enumerate(names):
+            columns[name] = pred[:, j]
+        if pred.shape[1] == 2 * len(names):
+            for j, name in enumerate(names):
+                columns[f"{name}_sigma"] = pred[:, len(names) + j]
+        write_catalog(out, columns)
+    except (ValueError, KeyError, OSError) as err:
+        _fail(err)
+    typer.echo(f"{pred.shape[0]} predictions → {out.resolve()}")
+
+
+@app.command()
+def evaluate(
+    data: Annotated[Path, typer.Argument(help="Labelled store directory (held-out set).")],
+    model: Annotated[Path, typer.Option(help="Saved model directory.")] = Path("lensml-run/model"),
+    out: Annotated[Path | None, typer.Option(help="JSON file for the metrics.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 256,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:K.")] = "cpu",
+) -> None:
+    """Score a saved model on a labelled store: bias, RMSE, NMAD, R², outliers per label."""
+    try:
+        _load_registries()
+        import json
+
+        import numpy as np
+
+        from lensml.data.store import open_store
+        from lensml.metrics import evaluate_columns
+        from lensml.quickstart import _atomic_write_bytes
+        from lensml.train import load_model
+        from lensml.train import predict as run_predict
+
+        net, info = load_model(model, device=device)
+        cfg = info.train_config or {}
+        in_key, tgt_key = cfg.get("input_key", "image"), cfg.get("target_key", "labels")
+        store = open_store(data, require_complete=True)
+        pred = run_predict(
+            (net, info), store.dataset(keys=[in_key]), batch_size=batch_size, device=device
+        ).numpy()
+        true = np.asarray(store.read_all(keys=[tgt_key])[tgt_key], dtype=np.float64)
+        names = list(info.normalisation.label_names)
+        scores = evaluate_columns(pred[:, : len(names)], true, names)
+    except (ValueError, KeyError, OSError) as err:
+        _fail(err)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{model} on {data} ({true.shape[0]} items)")
+    metrics = list(next(iter(scores.values())))
+    table.add_column("label")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    for name, row in scores.items():
+        table.add_row(name, *(f"{row[m]:.4g}" for m in metrics))
+    Console().print(table)
+    if out is not None:
+        _atomic_write_bytes(out, json.dumps(scores, indent=2).encode())
+        typer.echo(f"metrics → {out.resolve()}")
+
+
 @info_app.callback()
 def info(ctx: typer.Context) -> None:
-    """Versions, devices and the registered profiles."""
+    """Versions, devices and the registered profiles, generators and networks."""
     if ctx.invoked_subcommand is not None:
         return
     import torch
 
     from lensml.physics.light import LIGHT_PROFILES
     from lensml.physics.mass import MASS_PROFILES
+    from lensml.registry import GENERATORS, METRICS, NETWORKS
+
+    _load_registries()
+    import lensml.metrics  # noqa: F401  (registers the metrics)
 
     typer.echo(f"lensml {__version__}, torch {torch.__version__}")
     cuda = torch.cuda.is_available()
     typer.echo(f"devices: cpu ({torch.get_num_threads()} threads)" + (", cuda" if cuda else ""))
     typer.echo("mass profiles: " + ", ".join(MASS_PROFILES.names()))
     typer.echo("light profiles: " + ", ".join(LIGHT_PROFILES.names()))
+    typer.echo("generators: " + ", ".join(GENERATORS.names()))
+    typer.echo("networks: " + ", ".join(NETWORKS.names()))
+    typer.echo("metrics: " + ", ".join(METRICS.names()))
+
+
+@info_app.command("nets")
+def info_nets() -> None:
+    """Every registered network with its default configuration's parameter count."""
+    _load_registries()
+    from lensml.registry import NETWORKS
+    from lensml.train import build_network
+
+    for name in NETWORKS.names():
+        net = build_network(name)
+        count = sum(p.numel() for p in net.parameters())
+        typer.echo(f"{name:24s} {count:>12,d} parameters")
 
 
 def main() -> None:
