@@ -97,6 +97,25 @@ def test_dump_config_round_trips():
 
 
 @pytest.mark.parametrize(
+    ("args", "key"),
+    [
+        (["quickstart", "--seed", "7"], "seed: 7"),
+        (["bench", "physics", "--case", "fft"], "- fft"),
+        (["predict", "a.fits", "--batch-size", "8"], "batch_size: 8"),
+        (["evaluate", "store", "--device", "cpu"], "device: cpu"),
+    ],
+)
+def test_every_command_dumps_its_effective_config(args, key, tmp_path):
+    import yaml
+
+    res = runner.invoke(app, [*args, "--dump-config"])
+    assert res.exit_code == 0, res.output
+    assert key in res.output
+    assert isinstance(yaml.safe_load(res.output), dict)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
     ("args", "message"),
     [
         (["simulate", "nogen", "--n", "4", "--out", "{tmp}/s"], "nogen"),

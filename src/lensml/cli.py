@@ -53,17 +53,21 @@ def quickstart(
     ),
     seed: Annotated[int, typer.Option(help="Random seed for the simulated examples.")] = 0,
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, ...")] = "cpu",
+    dump_config: Annotated[bool, typer.Option(help=_DUMP_HELP)] = False,
 ) -> None:
     """Render a gallery of what lensml simulates (lensed arc, NFW shear field, Sérsic galaxy).
 
     Writes PNG files and a JSON summary of the simulated parameters into OUT.
     """
+    if dump_config:
+        _dump_options({"out": out, "seed": seed, "device": device})
+        return
     from lensml.quickstart import run_quickstart
 
     try:
         paths = run_quickstart(out, seed=seed, device=device)
     except ValueError as err:
-        raise typer.BadParameter(str(err)) from err
+        _fail(err)
     typer.echo(f"quickstart gallery written to {out.resolve()}:")
     for p in paths:
         typer.echo(f"  {p}")
@@ -80,11 +84,34 @@ def bench_physics(
     case: Annotated[
         list[str] | None, typer.Option(help="Case to run (strong, stamps, fft); repeatable.")
     ] = None,
+    batch: Annotated[int | None, typer.Option(help="lensml batch size (default per case).")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: all cores).")] = None,
+    dump_config: Annotated[bool, typer.Option(help=_DUMP_HELP)] = False,
 ) -> None:
     """Time the physics core against lenstronomy, caustics, GalSim and numpy; print ratios."""
+    if dump_config:
+        _dump_options(
+            {"out": out, "quick": quick, "case": case, "batch": batch, "threads": threads}
+        )
+        return
     from lensml.bench.physics import run_physics_bench
 
-    run_physics_bench(quick=quick, out=out, cases=case)
+    try:
+        run_physics_bench(quick=quick, out=out, cases=case, batch=batch, threads=threads)
+    except ValueError as err:
+        _fail(err)
+
+
+_DUMP_HELP = "Print the effective options (YAML) and exit."
+
+
+def _dump_options(options: dict[str, Any]) -> None:
+    """Print a command's effective options as YAML (``--dump-config``)."""
+    import yaml
+
+    plain = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}
+    plain = {k: ([str(x) for x in v] if isinstance(v, list) else v) for k, v in plain.items()}
+    typer.echo(yaml.safe_dump(plain, sort_keys=False), nl=False)
 
 
 def _fail(err: BaseException) -> NoReturn:
@@ -273,8 +300,21 @@ def predict(
     pixel_scale: Annotated[
         float | None, typer.Option(help="arcsec/pixel of FITS cutouts without WCS.")
     ] = None,
+    dump_config: Annotated[bool, typer.Option(help=_DUMP_HELP)] = False,
 ) -> None:
     """Predict labels with a saved model and write them as a FITS catalogue."""
+    if dump_config:
+        _dump_options(
+            {
+                "inputs": inputs,
+                "model": model,
+                "out": out,
+                "batch_size": batch_size,
+                "device": device,
+                "pixel_scale": pixel_scale,
+            }
+        )
+        return
     try:
         _load_registries()
         import numpy as np
@@ -309,8 +349,14 @@ def evaluate(
     out: Annotated[Path | None, typer.Option(help="JSON file for the metrics.")] = None,
     batch_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 256,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:K.")] = "cpu",
+    dump_config: Annotated[bool, typer.Option(help=_DUMP_HELP)] = False,
 ) -> None:
     """Score a saved model on a labelled store: bias, RMSE, NMAD, R², outliers per label."""
+    if dump_config:
+        _dump_options(
+            {"data": data, "model": model, "out": out, "batch_size": batch_size, "device": device}
+        )
+        return
     try:
         _load_registries()
         import json
