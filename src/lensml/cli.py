@@ -270,6 +270,9 @@ def _infer_network_shapes(
     image = shapes.get(cfg.input_key, {}).get("shape")
     if "in_channels" in params and "in_channels" not in net_cfg and image and len(image) == 3:
         net_cfg["in_channels"] = int(image[0])
+    square = image and len(image) == 3 and image[1] == image[2]
+    if "input_size" in params and "input_size" not in net_cfg and square:
+        net_cfg["input_size"] = int(image[1])
     return net_cfg
 
 
@@ -431,7 +434,9 @@ def info_nets() -> None:
     for name in NETWORKS.names():
         net = build_network(name)
         count = sum(p.numel() for p in net.parameters())
-        typer.echo(f"{name:24s} {count:>12,d} parameters")
+        size = getattr(net, "config", {}).get("input_size")
+        where = f"  (input {size}×{size})" if isinstance(size, int) else ""
+        typer.echo(f"{name:24s} {count:>12,d} parameters{where}")
 
 
 def main() -> None:

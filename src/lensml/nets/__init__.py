@@ -1,0 +1,19 @@
+"""Networks of lensml: plain ``nn.Module`` presets registered in :data:`lensml.registry.NETWORKS`.
+
+Importing this package imports every network module so that their presets register (there are
+no other side effects). Build a preset by name with :func:`lensml.train.build_network`::
+
+    from lensml.train import build_network
+    net = build_network("inception-small", {"out_features": 5})
+
+Cluster regressors (the cluster weak-lensing paper): ``vgg19``, ``vgg22``, ``vgg-small``
+(:mod:`lensml.nets.vgg`), ``inception-v4``, ``inception-resnet-v2``, ``inception-small``,
+``inception-resnet-small`` (:mod:`lensml.nets.inception`); shared blocks in
+:mod:`lensml.nets.blocks`.
+"""
+
+from __future__ import annotations
+
+from lensml.nets import blocks, inception, vgg
+
+__all__ = ["blocks", "inception", "vgg"]
