@@ -1,7 +1,8 @@
 """Simulators ("generators") that make training sets.
 
 Importing this package registers the built-in generators in
-:data:`lensml.registry.GENERATORS` (currently only the toy generator ``"toy"``);
+:data:`lensml.registry.GENERATORS` (``"toy"`` for tests and docs, ``"clusters"`` the
+MOKA-like cluster weak-lensing generator);
 pipeline packages register their own when imported.
 
 See :mod:`lensml.sims.base` for the interface every generator follows.
@@ -9,6 +10,7 @@ See :mod:`lensml.sims.base` for the interface every generator follows.
 
 from __future__ import annotations
 
+from lensml.sims import clusters as _clusters  # noqa: F401  (registers "clusters")
 from lensml.sims import toy as _toy  # noqa: F401  (registers "toy")
 from lensml.sims.base import (
     ConfigError,
