@@ -139,3 +139,16 @@ def test_bad_train_config_names_field(tmp_path, trained):
     cfg.write_text("max_epochs: many\n")
     res = runner.invoke(app, ["train", "toy-cnn", "--data", str(store), "--config", str(cfg)])
     assert res.exit_code == 1 and "max_epochs" in res.output and str(cfg) in res.output
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_unknown_pipeline_is_one_clear_error(command, tmp_path):
+    args = [command, "vgg-small"] if command == "train" else [command, str(tmp_path)]
+    res = runner.invoke(app, [*args, "--pipeline", "nope"])
+    assert res.exit_code == 1
+    assert "--pipeline must be 'generic' or 'clusters'" in res.output
+
+
+def test_generic_evaluate_refuses_several_models(tmp_path):
+    res = runner.invoke(app, ["evaluate", str(tmp_path), "--model", "a", "--model", "b"])
+    assert res.exit_code == 1 and "exactly one --model" in res.output

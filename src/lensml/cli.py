@@ -210,11 +210,41 @@ def train(
     devices: Annotated[int | None, typer.Option(help="Data-parallel processes per node.")] = None,
     num_nodes: Annotated[int | None, typer.Option(help="Number of nodes (DDP).")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    pipeline: Annotated[
+        str, typer.Option(help="generic, or clusters (shape noise at training time).")
+    ] = "generic",
+    noise: Annotated[
+        str, typer.Option(help="clusters: survey noise preset (euclid, lsst, roman) or none.")
+    ] = "euclid",
+    epochs: Annotated[int, typer.Option(help="clusters: maximum epochs.")] = 60,
     dump_config: Annotated[
         bool, typer.Option(help="Print the effective training config (YAML) and exit.")
     ] = False,
 ) -> None:
     """Train a network on a store with the one training engine (Lightning)."""
+    if pipeline not in ("generic", "clusters"):
+        _fail(ValueError(f"--pipeline must be 'generic' or 'clusters'; got {pipeline!r}"))
+    if pipeline == "clusters" and not dump_config:
+        try:
+            _load_registries()
+            from lensml.pipelines.clusters import train_clusters
+
+            result = train_clusters(
+                data,
+                network,
+                out,
+                noise=None if noise.lower() == "none" else noise,
+                epochs=epochs,
+                device=device,
+                resume=resume,
+                progress=progress,
+                network_config=_read_mapping(network_config, "network config") or None,
+                train_overrides=_read_mapping(config, "training config") or None,
+            )
+        except (ValueError, KeyError, OSError) as err:
+            _fail(err)
+        typer.echo(f"trained {network!r} on clusters: model in {result.get('model_dir')}")
+        return
     try:
         from lensml.config import dump_config as dump
         from lensml.config import load_config
@@ -348,18 +378,69 @@ def predict(
 @app.command()
 def evaluate(
     data: Annotated[Path, typer.Argument(help="Labelled store directory (held-out set).")],
-    model: Annotated[Path, typer.Option(help="Saved model directory.")] = Path("lensml-run/model"),
-    out: Annotated[Path | None, typer.Option(help="JSON file for the metrics.")] = None,
+    model: Annotated[
+        list[Path] | None,
+        typer.Option(help="Saved model directory (repeatable with --pipeline clusters)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="JSON file (generic) or output directory (pipelines).")
+    ] = None,
+    pipeline: Annotated[
+        str, typer.Option(help="generic: label metrics; clusters: CNN(s) vs the NFW fit.")
+    ] = "generic",
+    noise: Annotated[
+        str, typer.Option(help="clusters: survey noise preset (euclid, lsst, roman) or none.")
+    ] = "euclid",
+    include_noiseless: Annotated[
+        bool, typer.Option(help="clusters: also evaluate on the noiseless maps.")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the noise realisation.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 256,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:K.")] = "cpu",
     dump_config: Annotated[bool, typer.Option(help=_DUMP_HELP)] = False,
 ) -> None:
-    """Score a saved model on a labelled store: bias, RMSE, NMAD, R², outliers per label."""
+    """Score saved model(s) on a labelled store (bias, RMSE, NMAD, R², outliers per label), or
+    with --pipeline clusters the paper's per-mass-bin tables against the NFW tangential fit."""
+    models = list(model) if model else [Path("lensml-run/model")]
+    options = {
+        "data": data,
+        "model": models,
+        "out": out,
+        "pipeline": pipeline,
+        "noise": noise,
+        "include_noiseless": include_noiseless,
+        "seed": seed,
+        "batch_size": batch_size,
+        "device": device,
+    }
     if dump_config:
-        _dump_options(
-            {"data": data, "model": model, "out": out, "batch_size": batch_size, "device": device}
-        )
+        _dump_options(options)
         return
+    if pipeline not in ("generic", "clusters"):
+        _fail(ValueError(f"--pipeline must be 'generic' or 'clusters'; got {pipeline!r}"))
+    if pipeline == "clusters":
+        try:
+            _load_registries()
+            from lensml.pipelines.clusters import evaluate_clusters
+
+            out_dir = out or Path("lensml-clusters-eval")
+            evaluate_clusters(
+                data,
+                models,
+                out_dir,
+                noise=None if noise.lower() == "none" else noise,
+                seed=seed,
+                device=device,
+                batch_size=batch_size,
+                include_noiseless=include_noiseless,
+            )
+        except (ValueError, KeyError, OSError) as err:
+            _fail(err)
+        typer.echo(f"clusters evaluation → {out_dir.resolve()}")
+        return
+    if len(models) != 1:
+        _fail(ValueError("generic evaluation takes exactly one --model"))
+    model = models[0]
     try:
         _load_registries()
         import json

@@ -1,0 +1,194 @@
+"""Benchmark: cluster CNN vs the NFW tangential-shear fit on the same noisy test set.
+
+CPU small run (minutes): simulate ``--n-train`` + ``--n-test`` clusters with the ``clusters``
+generator at ``--size`` pixels over the same 17.1′ field as the paper preset (64² pixels of
+16″ by default: the ``small`` preset's 128² × 8″ block-averaged, simulated directly at the
+coarse grid because the 128² generator runs at ~5 clusters/s on the shared 2-core CPU), train
+``--network`` (``vgg-small``, 64² input) for ``--epochs`` with Euclid shape noise, and
+evaluate it and the ``nfw-tangential-fit`` baseline on one noisy realisation of the test set.
+
+Also measured: simulated clusters per second at 512² (the paper preset, a few clusters) and at
+the benchmark size, CNN maps per second (inference) and the fit's maps per second.
+
+Goal (issue 4): CNN |median bias| in c_vir <= half the fit's, and CNN RMS in log10 M_vir <=
+the fit's. Results: ``benchmarks/results/clusters_accuracy.json``.
+
+Usage::
+
+    python benchmarks/clusters_accuracy.py [--n-train 2400] [--n-test 600] [--epochs 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results" / "clusters_accuracy.json"
+
+
+def _machine() -> dict:
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+    }
+
+
+def _gen_speed(size: int, pixel_scale: float, n: int, seed: int) -> float:
+    import torch
+
+    from lensml.sims.clusters import ClusterGenerator, cluster_config
+
+    gen = ClusterGenerator()
+    cfg = cluster_config("paper", size=size, pixel_scale=pixel_scale)
+    t0 = time.perf_counter()
+    gen.generate(n, torch.Generator().manual_seed(seed), cfg)
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n-train", type=int, default=2400)
+    ap.add_argument("--n-test", type=int, default=600)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--pixel-scale", type=float, default=16.0)
+    ap.add_argument("--network", default="vgg-small")
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--noise", default="euclid")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-512", type=int, default=4, help="clusters timed at 512² (0: skip)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args()
+
+    from lensml.data.runner import run_simulate
+    from lensml.data.store import write_json_atomic
+    from lensml.pipelines.clusters import evaluate_clusters, train_clusters
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="lensml-clusters-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    gen_cfg = {"size": args.size, "pixel_scale": args.pixel_scale}
+    timings = {}
+    stores = {}
+    for split, n, seed in (
+        ("train", args.n_train, args.seed),
+        ("test", args.n_test, args.seed + 1),
+    ):
+        out = work / split
+        if out.exists():
+            shutil.rmtree(out)
+        t0 = time.perf_counter()
+        run_simulate("clusters", n, out, seed, config=gen_cfg, shard_size=512, progress=False)
+        timings[f"simulate_{split}_s"] = time.perf_counter() - t0
+        stores[split] = out
+    sim_rate = (args.n_train + args.n_test) / (
+        timings["simulate_train_s"] + timings["simulate_test_s"]
+    )
+    rate_512 = _gen_speed(512, 2.0, args.n_512, 123) if args.n_512 > 0 else None
+    print(f"simulated clusters/s at {args.size}²: {sim_rate:.2f}")
+    if rate_512 is not None:
+        print(f"simulated clusters/s at 512² (paper preset, {args.n_512} clusters): {rate_512:.3f}")
+
+    run_dir = work / "run"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    train = train_clusters(
+        stores["train"],
+        args.network,
+        run_dir,
+        noise=args.noise,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        progress=False,
+    )
+    print(
+        f"trained {args.network}: {train['epochs']} epochs in {train['train_seconds']:.0f} s "
+        f"(best val loss {train['best_val_loss']:.4f})"
+    )
+    ev = evaluate_clusters(
+        stores["test"],
+        [train["model_dir"]],
+        work / "eval",
+        noise=args.noise,
+        seed=args.seed + 2,
+        device=args.device,
+    )
+    cond = ev["conditions"][args.noise]
+    cnn = next(k for k in cond["methods"] if k.startswith("cnn:"))
+    fit = cond["methods"]["nfw-tangential-fit"]
+    cnn_m = cond["methods"][cnn]
+    c_cnn = abs(cnn_m["labels"]["c_vir"]["overall"]["median_bias"])
+    c_fit = abs(fit["labels"]["c_vir"]["overall"]["median_bias"])
+    m_cnn = cnn_m["labels"]["log10_mvir"]["overall"]["rms"]
+    m_fit = fit["labels"]["log10_mvir"]["overall"]["rms"]
+    goals = {
+        "cnn_abs_median_bias_c": c_cnn,
+        "fit_abs_median_bias_c": c_fit,
+        "concentration_goal_met": bool(c_cnn <= 0.5 * c_fit),
+        "cnn_rms_log10_mvir": m_cnn,
+        "fit_rms_log10_mvir": m_fit,
+        "mass_goal_met": bool(m_cnn <= m_fit),
+    }
+    goals["all_goals_met"] = goals["concentration_goal_met"] and goals["mass_goal_met"]
+    print(f"CNN maps/s (inference): {cnn_m['maps_per_s']:.1f}; fit maps/s: {fit['maps_per_s']:.1f}")
+    print(json.dumps(goals, indent=1))
+    record = {
+        "benchmark": "clusters_accuracy",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "machine": _machine(),
+        "device": args.device,
+        "config": {**vars(args), "generator_config": gen_cfg, "fit_on": "native maps"},
+        "throughput": {
+            "simulated_clusters_per_s": sim_rate,
+            "simulated_clusters_per_s_size": args.size,
+            "simulated_clusters_per_s_512": rate_512,
+            "cnn_maps_per_s": cnn_m["maps_per_s"],
+            "cnn_train_maps_per_s": train["train_maps_per_s"],
+            "fit_maps_per_s": fit["maps_per_s"],
+        },
+        "training": {
+            k: train.get(k)
+            for k in (
+                "epochs",
+                "best_val_loss",
+                "final_val_loss",
+                "stopped_early",
+                "train_seconds",
+                "n_train",
+                "n_val",
+                "input_size",
+                "downsample",
+            )
+        },
+        "timings_s": {**timings, "total": time.perf_counter() - t_start},
+        "goals": goals,
+        "evaluation": json.loads(Path(ev["json"]).read_text()),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out, record)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

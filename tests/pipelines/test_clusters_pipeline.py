@@ -1,0 +1,152 @@
+"""Cluster pipeline: train through the engine, evaluate CNN + NFW fit, metrics, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lensml.data.runner import run_simulate
+from lensml.pipelines.clusters import (
+    LABELS,
+    ClusterMapDataset,
+    binned_error_stats,
+    block_mean,
+    downsample_factor,
+    error_stats,
+    evaluate_clusters,
+    train_clusters,
+)
+
+SMALL = {"size": 64, "pixel_scale": 16.0}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    out = tmp_path_factory.mktemp("clusters") / "store"
+    run_simulate("clusters", 36, out, 3, config=SMALL, shard_size=20, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(store, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run") / "run"
+    res = train_clusters(store, "vgg-small", run, noise="euclid", epochs=1, batch_size=16,
+                         seed=0, device="cpu", progress=False)  # fmt: skip
+    return res
+
+
+def test_error_stats_hand_made():
+    pred = np.array([1.0, 2.0, 4.0, 7.0])
+    true = np.array([1.0, 1.0, 1.0, 1.0])  # Δ = 0, 1, 3, 6
+    s = error_stats(pred, true)
+    assert s["n"] == 4
+    assert s["bias"] == pytest.approx(2.5)
+    assert s["median_bias"] == pytest.approx(2.0)
+    assert s["rms"] == pytest.approx(math.sqrt((0 + 1 + 9 + 36) / 4))
+    assert s["sigma"] == pytest.approx(math.sqrt((2.5**2 + 1.5**2 + 0.5**2 + 3.5**2) / 4))
+    # σ² + bias² = RMS² (eqs. 16–18)
+    assert s["sigma"] ** 2 + s["bias"] ** 2 == pytest.approx(s["rms"] ** 2)
+
+
+def test_binned_error_stats_bins_and_closed_last_edge():
+    mass = np.array([14.0, 14.1, 14.5, 15.0, 15.5])
+    true = np.zeros(5)
+    pred = np.array([1.0, 3.0, -2.0, 0.5, 0.5])
+    out = binned_error_stats(pred, true, mass, [14.0, 14.4, 15.0, 15.5])
+    assert [b["n"] for b in out["bins"]] == [2, 1, 2]  # 15.0 -> last bin, 15.5 included
+    assert out["bins"][0]["bias"] == pytest.approx(2.0)
+    assert out["bins"][0]["sigma"] == pytest.approx(1.0)
+    assert out["bins"][1]["rms"] == pytest.approx(2.0)
+    assert out["overall"]["n"] == 5
+    with pytest.raises(ValueError, match="edges"):
+        binned_error_stats(pred, true, mass, [15.0, 14.0])
+
+
+def test_block_mean_and_factor():
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    y = block_mean(x, 2)
+    assert y.shape == (1, 1, 2, 2)
+    assert y[0, 0, 0, 0].item() == pytest.approx((0 + 1 + 4 + 5) / 4)
+    assert downsample_factor(128, 64) == 2
+    with pytest.raises(ValueError, match="network expects 64x64"):
+        downsample_factor(96, 64)
+
+
+def test_dataset_noise_is_seeded_and_has_survey_sigma(store):
+    ds = ClusterMapDataset(store, 64, "euclid", seed=5)
+    clean = ClusterMapDataset(store, 64, None)
+    a, b = ds[3]["image"], ds[3]["image"]
+    assert torch.equal(a, b)
+    ds.set_epoch(1)
+    assert not torch.equal(a, ds[3]["image"])
+    resid = (a - clean[3]["image"]).flatten()
+    # σ_e / sqrt(n_g A_pix) = 0.3 / sqrt(30 (16/60)²) ≈ 0.2054
+    assert resid.std().item() == pytest.approx(0.3 / math.sqrt(30 * (16 / 60) ** 2), rel=0.05)
+    half = ClusterMapDataset(store, 32, None)
+    assert half[0]["image"].shape == (2, 32, 32)
+    assert half.pixel_scale == 32.0
+
+
+def test_train_and_evaluate_end_to_end(store, trained, tmp_path):
+    assert trained["model_dir"] is not None
+    assert trained["input_size"] == 64 and trained["noise"] == "euclid"
+    out = tmp_path / "eval"
+    res = evaluate_clusters(store, [trained["model_dir"]], out, noise="euclid", seed=1,
+                            include_noiseless=True, print_table=False)  # fmt: skip
+    data = json.loads((out / "clusters_eval.json").read_text())
+    assert set(data["conditions"]) == {"noiseless", "euclid"}
+    noisy = data["conditions"]["euclid"]["methods"]
+    assert set(noisy) == {"cnn:vgg-small", "nfw-tangential-fit"}
+    assert set(noisy["cnn:vgg-small"]["labels"]) == set(LABELS)
+    assert set(noisy["nfw-tangential-fit"]["labels"]) == {"log10_mvir", "c_vir"}
+    stats = noisy["nfw-tangential-fit"]["labels"]["log10_mvir"]
+    assert stats["overall"]["n"] == 36
+    assert sum(b["n"] for b in stats["bins"]) == 36
+    assert len(res["figures"]) == 6  # 2 density plots + 1 distribution plot per condition
+    for f in res["figures"]:
+        with open(f, "rb") as fh:
+            assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    # the same seed gives the same noisy realisation, hence the same numbers
+    again = evaluate_clusters(store, [trained["model_dir"]], tmp_path / "again", noise="euclid",
+                              seed=1, plots=False, print_table=False)  # fmt: skip
+    a = again["conditions"]["euclid"]["methods"]["nfw-tangential-fit"]["labels"]
+    b = res["conditions"]["euclid"]["methods"]["nfw-tangential-fit"]["labels"]
+    for label in ("log10_mvir", "c_vir"):
+        assert a[label]["overall"]["rms"] == pytest.approx(b[label]["overall"]["rms"], rel=1e-6)
+
+
+def test_bad_input_store_without_shear_maps(tmp_path):
+    toy = tmp_path / "toy"
+    run_simulate("toy", 4, toy, 0, progress=False)
+    with pytest.raises(ValueError, match=r"\(g1, g2\)"):
+        evaluate_clusters(toy, [], tmp_path / "e", print_table=False)
+    with pytest.raises(ValueError, match=r"\(g1, g2\)"):
+        train_clusters(toy, "vgg-small", tmp_path / "r", epochs=1, progress=False)
+
+
+def test_bad_input_wrong_map_size(tmp_path):
+    small = tmp_path / "s48"
+    run_simulate("clusters", 2, small, 0, config={"size": 48, "pixel_scale": 20.0},
+                 progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="maps are 48x48 pixels but the network expects 64x64"):
+        train_clusters(small, "vgg-small", tmp_path / "r", epochs=1, progress=False)
+
+
+def test_bad_input_nan_pixels(store, trained, tmp_path):
+    import shutil
+
+    import zarr
+
+    bad = tmp_path / "bad"
+    shutil.copytree(store, bad)
+    shard = next(p for p in sorted((bad / "shards").iterdir()) if p.is_dir())
+    arr = zarr.open_group(shard, mode="r+")["image"]
+    arr[2, 0, 10, 10] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf pixels"):
+        evaluate_clusters(bad, [trained["model_dir"]], tmp_path / "e", print_table=False)
+    with pytest.raises(ValueError, match="NaN or inf pixels"):
+        ClusterMapDataset(bad, 64, "euclid")[2]
