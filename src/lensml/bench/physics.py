@@ -6,9 +6,12 @@ across machines. Three cases (the names accepted by ``cases``):
 ``strong``
     96×96 SIE + external shear lens of an elliptical Sérsic source at 0.04"/px, without
     supersampling (``strong_ss1``) and with 4×4 supersampling (``strong_ss4``). lensml renders
-    a batch with random parameters per image; lenstronomy's ``ImageModel`` (built once) renders
-    one image at a time as its users do; caustics' ``LensSource`` simulator is timed one call at
-    a time and ``torch.vmap``-ed over a batch.
+    a batch with random parameters per image through its fused fast path
+    (:func:`lensml.physics.fused.render_sie_shear_sersic`, ``torch.compile``-d when a compiler
+    works: compile time is reported as ``compile_s`` and excluded from the rates); the generic
+    ``render_lensed`` is timed as a second lensml row (``lensml_generic``). lenstronomy's
+    ``ImageModel`` (built once) renders one image at a time as its users do; caustics'
+    ``LensSource`` simulator is timed one call at a time and ``torch.vmap``-ed over a batch.
 ``stamps``
     61×61 Sérsic ⊗ Moffat stamps at 0.2"/px with a random Sérsic index per stamp, vs GalSim
     ``Convolve(Sersic, Moffat).drawImage``.
@@ -37,12 +40,7 @@ import functools
 import importlib
 import importlib.metadata
 import importlib.util
-import json
-import math
 import os
-import platform
-import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,9 +50,46 @@ from typing import Any
 import numpy as np
 import torch
 
+from lensml.bench._harness import (  # noqa: F401  (re-exported for callers and tests)
+    PeerMissing,
+    Setup,
+    _guard,
+    _load,
+    _print_table,
+    _require,
+    _skip_reason,
+    _top_ops,
+    _write_json,
+    machine_info,
+    time_interleaved,
+    time_rate,
+)
+from lensml.bench.physics_peers import (
+    FFT_N,
+    FFT_PAD,
+    STAMP_N,
+    STAMP_SCALE,
+    STRONG_N,
+    STRONG_SCALE,
+    _caustics_strong,
+    _e1e2,
+    _galsim_stamps,
+    _lenstronomy_strong,
+    _setup_caustics_strong,
+    _setup_galsim_stamps,
+    _setup_lenstronomy_strong,
+    draw_stamps,
+    draw_strong,
+    numpy_shear_from_kappa,
+    numpy_shear_from_kappa_rfft,
+)
+
 __all__ = ["CASES", "TARGETS", "run_physics_bench", "time_rate"]
 
 SCHEMA = "lensml.bench.physics/1"
+# lensml contenders of a case: the judged one first ("lensml": for ``strong`` the fused fast
+# path), then, for transparency, the generic render_lensed and its torch.compile
+LENSML_VARIANTS = ("lensml", "lensml_generic", "lensml_compiled")
 CASES = ("strong", "stamps", "fft")
 DEFAULT_OUT = Path("benchmarks/results/physics.json")
 # (sub-case, peer) -> required lensml / peer speed ratio (from the issue)
@@ -65,9 +100,6 @@ TARGETS: dict[tuple[str, str], float] = {
     ("fft", "numpy.fft2"): 2.0,
     ("fft", "numpy.rfft2"): 2.0,
 }
-STRONG_N, STRONG_SCALE = 96, 0.04
-STAMP_N, STAMP_SCALE = 61, 0.2
-FFT_N, FFT_PAD = 512, 2
 
 
 @dataclass(frozen=True)
@@ -102,135 +134,9 @@ QUICK = Plan(
 
 
 # ----------------------------------------------------------------------------- timing
-class PeerMissing(RuntimeError):
-    """A peer code is not installed: its comparison is skipped with this message."""
-
-
-def _require(module: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except Exception as exc:  # not installed, or a broken install
-        raise PeerMissing(
-            f"{module} not importable ({type(exc).__name__}: {exc}); comparison skipped"
-        ) from exc
-
-
-def _skip_reason(label: str, exc: Exception) -> str:
-    if isinstance(exc, PeerMissing):
-        return str(exc)
-    return f"{label} failed: {type(exc).__name__}: {str(exc)[:300]}"
-
-
-Setup = Callable[[], tuple[Callable[[], Any], int, dict]]
-"""Builds one contender: returns ``(run, items_per_call, metadata)``; not timed."""
-
-
-def time_interleaved(setups: dict[str, Setup], repeats: int, warmup: int = 1) -> dict[str, dict]:
-    """Time several contenders in interleaved rounds so that load changes hit all alike.
-
-    Every setup runs first (untimed; an exception, e.g. :class:`PeerMissing`, turns that
-    contender into ``{"skipped": reason}``), then ``warmup`` untimed calls of each, then
-    ``repeats`` rounds in which each contender's ``run`` is timed once with
-    :func:`time.perf_counter`. Rates are items / second of the median and the best call.
-    """
-    out: dict[str, dict] = {}
-    ready: dict[str, tuple[Callable[[], Any], int, dict]] = {}
-    for name, setup in setups.items():
-        try:
-            ready[name] = setup()
-            for _ in range(warmup):
-                ready[name][0]()
-        except Exception as exc:
-            ready.pop(name, None)
-            out[name] = {"skipped": _skip_reason(name, exc)}
-    times: dict[str, list[float]] = {name: [] for name in ready}
-    for _ in range(max(1, repeats)):
-        for name, (run, _, _) in list(ready.items()):
-            t0 = time.perf_counter()
-            try:
-                run()
-            except Exception as exc:
-                del ready[name]
-                out[name] = {"skipped": _skip_reason(name, exc)}
-                continue
-            times[name].append(time.perf_counter() - t0)
-    for name, (_, items, meta) in ready.items():
-        out[name] = {**meta, **_rates(times[name], items, warmup)}
-    return {name: out[name] for name in setups}
-
-
-def time_rate(fn: Callable[[], Any], items: int, repeats: int, warmup: int = 1) -> dict:
-    """Time one function (``items`` items per call): ``warmup`` untimed calls, ``repeats`` timed."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return _rates(times, items, warmup)
-
-
-def _rates(times: list[float], items: int, warmup: int) -> dict:
-    med, best = statistics.median(times), min(times)
-    return {
-        "items_per_call": items,
-        "repeats": len(times),
-        "warmup": warmup,
-        "times_s": [round(t, 6) for t in times],
-        "rate_median": items / med,
-        "rate_best": items / best,
-    }
-
-
-def _top_ops(fn: Callable[[], Any], k: int = 8) -> list[dict]:
-    """The ``k`` torch operators with the largest self CPU time in one call of ``fn``."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fn()
-    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-    total = sum(e.self_cpu_time_total for e in rows) or 1.0
-    return [
-        {
-            "op": e.key,
-            "self_ms": round(e.self_cpu_time_total / 1e3, 3),
-            "share": round(e.self_cpu_time_total / total, 3),
-            "calls": e.count,
-        }
-        for e in rows[:k]
-    ]
 
 
 # ----------------------------------------------------------------------------- case: strong
-def draw_strong(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
-    """Random SIE + shear + Sérsic parameters (lenstronomy's conventions plus q, phi).
-
-    ``theta_E`` is lenstronomy's SIE Einstein radius, ``R_circ`` the circularised Sérsic
-    half-light radius, ``amp`` the surface brightness at it (flux / arcsec²).
-    """
-    u = rng.uniform
-    return {
-        "theta_E": u(0.8, 1.6, n),
-        "q_l": u(0.5, 0.95, n),
-        "phi_l": u(0.0, math.pi, n),
-        "x_l": u(-0.05, 0.05, n),
-        "y_l": u(-0.05, 0.05, n),
-        "gamma1": u(-0.05, 0.05, n),
-        "gamma2": u(-0.05, 0.05, n),
-        "amp": u(5.0, 20.0, n),
-        "R_circ": u(0.1, 0.4, n),
-        "n": u(1.0, 4.0, n),
-        "q_s": u(0.5, 0.95, n),
-        "phi_s": u(0.0, math.pi, n),
-        "x_s": u(-0.2, 0.2, n),
-        "y_s": u(-0.2, 0.2, n),
-    }
-
-
-def _e1e2(q: np.ndarray, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    e = (1.0 - q) / (1.0 + q)
-    return e * np.cos(2 * phi), e * np.sin(2 * phi)
 
 
 def _lensml_strong_params(p: dict[str, np.ndarray], dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -309,128 +215,60 @@ def _labelled(name: str, fn: Callable) -> Callable:
     return wrapped
 
 
-def _lenstronomy_strong(supersample: int):
-    """``(image_model, kwargs_list(params))``: lenstronomy's ImageModel built once."""
-    from lenstronomy.Data.pixel_grid import PixelGrid as LtGrid
-    from lenstronomy.Data.psf import PSF
-    from lenstronomy.ImSim.image_model import ImageModel
-    from lenstronomy.LensModel.lens_model import LensModel
-    from lenstronomy.LightModel.light_model import LightModel
+def lensml_fused_renderer(
+    supersample: int, dtype: torch.dtype = torch.float32, compile: bool | str = "auto"
+) -> Callable:
+    """``render(params) -> (B, 1, 96, 96)`` through the fused fast path
+    :func:`lensml.physics.fused.render_sie_shear_sersic` (same scene as
+    :func:`lensml_strong_renderer`)."""
+    from lensml.physics.fused import render_sie_shear_sersic
+    from lensml.physics.grids import PixelGrid
 
-    c0 = -(STRONG_N - 1) / 2 * STRONG_SCALE
-    grid = LtGrid(
-        nx=STRONG_N,
-        ny=STRONG_N,
-        ra_at_xy_0=c0,
-        dec_at_xy_0=c0,
-        transform_pix2angle=np.eye(2) * STRONG_SCALE,
-    )
-    model = ImageModel(
-        grid,
-        PSF(psf_type="NONE"),
-        lens_model_class=LensModel(["SIE", "SHEAR"]),
-        source_model_class=LightModel(["SERSIC_ELLIPSE"]),
-        kwargs_numerics={"supersampling_factor": supersample},
-    )
+    grid = PixelGrid.square(STRONG_N, STRONG_SCALE)
 
-    def kwargs(p: dict[str, np.ndarray], i: int) -> tuple[list, list]:
-        e1, e2 = _e1e2(p["q_l"][i], p["phi_l"][i])
-        es1, es2 = _e1e2(p["q_s"][i], p["phi_s"][i])
-        lens = [
-            {"theta_E": p["theta_E"][i], "e1": e1, "e2": e2, "center_x": p["x_l"][i],
-             "center_y": p["y_l"][i]},
-            {"gamma1": p["gamma1"][i], "gamma2": p["gamma2"][i], "ra_0": 0.0, "dec_0": 0.0},
-        ]  # fmt: skip
-        source = [
-            {"amp": p["amp"][i], "R_sersic": p["R_circ"][i], "n_sersic": p["n"][i], "e1": es1,
-             "e2": es2, "center_x": p["x_s"][i], "center_y": p["y_s"][i]},
-        ]  # fmt: skip
-        return lens, source
+    def render(t: dict[str, torch.Tensor]) -> torch.Tensor:
+        lens = {k: t[k] for k in ("theta_e", "q", "phi", "x0", "y0")}
+        ext = {"gamma1": t["gamma1"], "gamma2": t["gamma2"]}
+        src = {"amp": t["amp"], "r_eff": t["r_eff"], "n": t["n"], "q": t["q_s"]}
+        src |= {"phi": t["phi_s"], "x0": t["x_s"], "y0": t["y_s"]}
+        return render_sie_shear_sersic(
+            grid, lens, ext, src, supersample, compile=compile, dtype=dtype
+        )
 
-    return model, kwargs
+    return render
 
 
-_CAUSTICS_ORDER = ("x0", "y0", "q", "phi", "Rein", "gamma_1", "gamma_2")
-_CAUSTICS_ORDER += ("x0", "y0", "q", "phi", "n", "Re", "Ie")
+def _setup_lensml_strong(ss: int, p: dict[str, np.ndarray], variant: str = "fused") -> Setup:
+    """``variant``: ``"fused"`` (the fast path, compiled when possible; compile time measured on
+    the first, untimed call), ``"generic"`` (``render_lensed`` with the profile functions) or
+    ``"jit"`` (``torch.compile`` of the generic render)."""
 
-
-@functools.lru_cache(maxsize=2)
-def _caustics_strong(supersample: int):
-    """``(simulator, params_matrix(p))``: caustics' LensSource with SIE + shear, float64."""
-    import caustics
-
-    cosmo = caustics.FlatLambdaCDM(name="cosmo")
-    sie = caustics.SIE(cosmology=cosmo, name="sie")
-    shear = caustics.ExternalShear(cosmology=cosmo, x0=0.0, y0=0.0, name="shear")
-    lens = caustics.SinglePlane(cosmology=cosmo, lenses=[sie, shear], z_l=0.5, z_s=1.0, name="lens")
-    src = caustics.Sersic(name="src")
-    sim = caustics.LensSource(
-        lens=lens,
-        source=src,
-        pixelscale=STRONG_SCALE,
-        pixels_x=STRONG_N,
-        upsample_factor=supersample,
-        name="sim",
-    )
-    sim.to(dtype=torch.float64)
-    names = tuple(prm.name for prm in sim.dynamic_params)
-    if names != _CAUSTICS_ORDER:
-        raise RuntimeError(f"unexpected caustics parameter order {names}")
-
-    def matrix(p: dict[str, np.ndarray]) -> torch.Tensor:
-        cols = [p["x_l"], p["y_l"], p["q_l"], p["phi_l"], p["theta_E"], p["gamma1"], p["gamma2"]]
-        cols += [p["x_s"], p["y_s"], p["q_s"], p["phi_s"], p["n"], p["R_circ"] / np.sqrt(p["q_s"])]
-        cols += [p["amp"]]
-        return torch.as_tensor(np.stack(cols, axis=-1), dtype=torch.float64)
-
-    return sim, matrix
-
-
-def _setup_lensml_strong(ss: int, p: dict[str, np.ndarray], compile: bool = False) -> Setup:
     def setup():
-        render = lensml_strong_renderer(ss, torch.float32)
         t = _lensml_strong_params(p, torch.float32)
         meta = {"code": "lensml", "dtype": "float32", "batch": len(p["n"])}
-        if compile:  # optional fast path: torch.compile of the whole per-batch render
+        if variant == "fused":
+            from lensml.physics import fused
+
+            render = lensml_fused_renderer(ss, torch.float32)
+            t0 = time.perf_counter()
+            render(t)
+            compiled = not fused._COMPILE_FAILED
+            meta |= {
+                "code": "lensml fused" + (" (torch.compile)" if compiled else " (eager)"),
+                "compile_s": round(time.perf_counter() - t0, 3),
+            }
+            if not compiled:
+                meta["note"] = f"compile failed: {fused._COMPILE_FAILED[0][:200]}"
+            return functools.partial(render, t), len(p["n"]), meta
+        render = lensml_strong_renderer(ss, torch.float32)
+        meta["code"] = "lensml render_lensed"
+        if variant == "jit":  # torch.compile of the whole generic per-batch render
             render = torch.compile(render, dynamic=False)
             t0 = time.perf_counter()
             render(t)
-            meta |= {"code": "lensml+torch.compile", "compile_s": time.perf_counter() - t0}
+            meta |= {"code": "lensml render_lensed+torch.compile",
+                     "compile_s": round(time.perf_counter() - t0, 3)}  # fmt: skip
         return functools.partial(render, t), len(p["n"]), meta
-
-    return setup
-
-
-def _setup_lenstronomy_strong(ss: int, p: dict[str, np.ndarray], n: int) -> Setup:
-    def setup():
-        _require("lenstronomy")
-        model, kwargs = _lenstronomy_strong(ss)
-        kw = [kwargs(p, i) for i in range(n)]
-
-        def run() -> None:  # one image at a time, as lenstronomy users do
-            for lens, source in kw:
-                model.image(kwargs_lens=lens, kwargs_source=source)
-
-        return run, n, {"code": "lenstronomy", "dtype": "float64"}
-
-    return setup
-
-
-def _setup_caustics_strong(ss: int, p: dict[str, np.ndarray], n: int, vmap: bool) -> Setup:
-    def setup():
-        _require("caustics")
-        sim, matrix = _caustics_strong(ss)
-        rows = matrix(p)[:n]
-        if vmap:
-            batched = torch.vmap(sim)
-            return functools.partial(batched, rows), n, {"code": "caustics", "dtype": "float64",
-                                                         "batch": n}  # fmt: skip
-
-        def run() -> None:
-            for row in rows:
-                sim(row)
-
-        return run, n, {"code": "caustics", "dtype": "float64"}
 
     return setup
 
@@ -476,9 +314,10 @@ def _bench_strong(plan: Plan, rng: np.random.Generator, batch: int | None, compi
         n_vmap = plan.caustics_vmap if ss == 1 else max(1, plan.caustics_vmap // 4)
         p_lens = draw_strong(rng, b)
         p_peer = draw_strong(rng, max(n_peer, n_single, n_vmap))
-        setups = {"lensml": _setup_lensml_strong(ss, p_lens)}
+        setups = {"lensml": _setup_lensml_strong(ss, p_lens, "fused")}
+        setups["lensml_generic"] = _setup_lensml_strong(ss, p_lens, "generic")
         if compile:
-            setups["lensml_compiled"] = _setup_lensml_strong(ss, p_lens, compile=True)
+            setups["lensml_compiled"] = _setup_lensml_strong(ss, p_lens, "jit")
         setups["lenstronomy"] = _setup_lenstronomy_strong(ss, p_peer, n_peer)
         setups["caustics"] = _setup_caustics_strong(ss, p_peer, n_single, vmap=False)
         setups["caustics vmap"] = _setup_caustics_strong(ss, p_peer, n_vmap, vmap=True)
@@ -489,7 +328,7 @@ def _bench_strong(plan: Plan, rng: np.random.Generator, batch: int | None, compi
             "unit": "img/s",
             "description": f"{STRONG_N}x{STRONG_N} SIE+shear lens, elliptical Sersic source, "
             f'{STRONG_SCALE}"/px, supersampling {ss}',
-            **{k: timed.pop(k) for k in ("lensml", "lensml_compiled") if k in timed},
+            **{k: timed.pop(k) for k in LENSML_VARIANTS if k in timed},
             "peers": timed,
         }
         if ss == 1:
@@ -501,14 +340,6 @@ def _bench_strong(plan: Plan, rng: np.random.Generator, batch: int | None, compi
                 )
         results.append(res)
     return results
-
-
-def _guard(label: str, fn: Callable[[], dict]) -> dict:
-    """Run an optional diagnostic; an exception becomes ``{"skipped": reason}``."""
-    try:
-        return fn()
-    except Exception as exc:
-        return {"skipped": _skip_reason(label, exc)}
 
 
 def _strong_agreement(p: dict[str, np.ndarray]) -> dict:
@@ -524,6 +355,9 @@ def _strong_agreement(p: dict[str, np.ndarray]) -> dict:
     with torch.inference_mode():
         img = lensml_strong_renderer(1, torch.float64)(_lensml_strong_params(one, torch.float64))
         out["lensml_max_rel_diff"] = float(np.abs(img[0, 0].numpy() - ref).max() / ref.max())
+        fast = lensml_fused_renderer(1, torch.float64, compile=False)
+        img = fast(_lensml_strong_params(one, torch.float64))
+        out["lensml_fused_max_rel_diff"] = float(np.abs(img[0, 0].numpy() - ref).max() / ref.max())
         if importlib.util.find_spec("caustics") is not None:
             sim, matrix = _caustics_strong(1)
             sb = sim(matrix(one)[0]).numpy() * STRONG_SCALE**2  # caustics returns flux/arcsec²
@@ -532,54 +366,6 @@ def _strong_agreement(p: dict[str, np.ndarray]) -> dict:
 
 
 # ----------------------------------------------------------------------------- case: fft
-@functools.lru_cache(maxsize=8)
-def _ks_kernels(ny: int, nx: int, real: bool, fft=np.fft) -> tuple[np.ndarray, np.ndarray]:
-    """Kaiser–Squires multipliers ``(kx² − ky²)/k²`` and ``2 kx ky / k²`` (zero mode → 0).
-
-    Cached per shape, as a careful user computes them once for repeated calls.
-    """
-    kx = (fft.rfftfreq(nx) if real else fft.fftfreq(nx))[None, :]
-    ky = fft.fftfreq(ny)[:, None]
-    k2 = kx**2 + ky**2
-    k2[0, 0] = 1.0
-    d1, d2 = (kx**2 - ky**2) / k2, 2.0 * kx * ky / k2
-    d1[0, 0] = d2[0, 0] = 0.0
-    return d1, d2
-
-
-def numpy_shear_from_kappa(kappa: np.ndarray, pad_factor: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Peer baseline: Kaiser–Squires κ → (γ1, γ2) with ``numpy.fft.fft2``, zero padded.
-
-    ``γ̂1 = (kx² − ky²) / k² κ̂``, ``γ̂2 = 2 kx ky / k² κ̂``: the map is placed in the corner
-    of a ``pad_factor`` times larger zero array, transformed, multiplied, transformed back
-    and cropped.
-    """
-    ny, nx = kappa.shape
-    padded = np.zeros((pad_factor * ny, pad_factor * nx))
-    padded[:ny, :nx] = kappa
-    d1, d2 = _ks_kernels(*padded.shape, real=False)
-    kappa_hat = np.fft.fft2(padded)
-    g1 = np.fft.ifft2(kappa_hat * d1).real[:ny, :nx]
-    g2 = np.fft.ifft2(kappa_hat * d2).real[:ny, :nx]
-    return g1, g2
-
-
-def numpy_shear_from_kappa_rfft(
-    kappa: np.ndarray, pad_factor: int = 2, fft=np.fft, **fft_kwargs
-) -> tuple[np.ndarray, np.ndarray]:
-    """As :func:`numpy_shear_from_kappa` with real transforms (``rfft2(s=...)`` pads).
-
-    ``fft`` may be ``scipy.fft`` (with e.g. ``workers=-1``) instead of ``numpy.fft``.
-    """
-    ny, nx = kappa.shape
-    shape = (pad_factor * ny, pad_factor * nx)
-    d1, d2 = _ks_kernels(*shape, real=True, fft=fft)
-    kappa_hat = fft.rfft2(kappa, s=shape, **fft_kwargs)
-    g1 = fft.irfft2(kappa_hat * d1, s=shape, **fft_kwargs)[:ny, :nx]
-    g2 = fft.irfft2(kappa_hat * d2, s=shape, **fft_kwargs)[:ny, :nx]
-    return g1, g2
-
-
 def _lensml_shear(kappa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     import inspect
 
@@ -662,37 +448,6 @@ def _fft_agreement(kappa: np.ndarray) -> dict:
 
 
 # ----------------------------------------------------------------------------- case: stamps
-def draw_stamps(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
-    """Random Sérsic ⊗ Moffat stamp parameters; ``hlr`` is the circularised half-light radius."""
-    u = rng.uniform
-    return {
-        "flux": u(100.0, 1000.0, n),
-        "hlr": u(0.3, 1.2, n),
-        "n": u(0.5, 4.5, n),
-        "q": u(0.4, 1.0, n),
-        "phi": u(0.0, math.pi, n),
-        "x0": u(-0.3, 0.3, n),
-        "y0": u(-0.3, 0.3, n),
-        "fwhm": u(0.6, 1.0, n),
-        "beta": np.full(n, 3.5),
-    }
-
-
-def _galsim_stamps(p: dict[str, np.ndarray], n: int) -> Callable[[], list]:
-    import galsim
-
-    def run() -> list:
-        out = []
-        for i in range(n):
-            gal = galsim.Sersic(n=p["n"][i], half_light_radius=p["hlr"][i], flux=p["flux"][i])
-            gal = gal.shear(q=p["q"][i], beta=p["phi"][i] * galsim.radians)
-            gal = gal.shift(p["x0"][i], p["y0"][i])
-            psf = galsim.Moffat(beta=p["beta"][i], fwhm=p["fwhm"][i])
-            img = galsim.Convolve(gal, psf).drawImage(nx=STAMP_N, ny=STAMP_N, scale=STAMP_SCALE)
-            out.append(img.array)
-        return out
-
-    return run
 
 
 def lensml_stamps_renderer(dtype: torch.dtype = torch.float32) -> Callable:
@@ -725,26 +480,6 @@ def _setup_lensml_stamps(p: dict[str, np.ndarray]) -> Setup:
         t = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in p.items()}
         b = len(p["n"])
         return functools.partial(render, t), b, {"code": "lensml", "dtype": "float32", "batch": b}
-
-    return setup
-
-
-def _setup_galsim_stamps(p: dict[str, np.ndarray], n: int) -> Setup:
-    """GalSim draws ``n`` stamps per call, each call with fresh parameters from ``p``.
-
-    GalSim caches its Sérsic tables per index n, so re-drawing the same n would not measure
-    "random n per stamp"; ``p`` must hold ``n`` × (warm-up + repeats) draws.
-    """
-
-    def setup():
-        _require("galsim")
-        calls = iter(range(len(p["n"]) // n))
-
-        def run() -> None:
-            i = next(calls) * n
-            _galsim_stamps({k: v[i : i + n] for k, v in p.items()}, n)()
-
-        return run, n, {"code": "galsim", "dtype": "float64"}
 
     return setup
 
@@ -794,42 +529,6 @@ def _stamps_agreement(p: dict[str, np.ndarray]) -> dict:
 
 
 # ----------------------------------------------------------------------------- harness
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _load() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
-
-
-def machine_info() -> dict:
-    """Platform, CPU, core and thread counts, and the versions of every code timed."""
-    dists = ("lensml", "torch", "numpy", "scipy", "lenstronomy", "caustics", "galsim")
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_model": _cpu_model(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_1min": _load(),
-        "versions": {d: _version(d) for d in dists},
-    }
 
 
 def _comparisons(cases: list[dict]) -> list[dict]:
@@ -840,7 +539,7 @@ def _comparisons(cases: list[dict]) -> list[dict]:
     """
     rows = []
     for case in cases:
-        for variant in ("lensml", "lensml_compiled"):
+        for variant in LENSML_VARIANTS:
             mine = case.get(variant)
             if mine is None:
                 continue
@@ -866,67 +565,6 @@ def _comparisons(cases: list[dict]) -> list[dict]:
                     row["note"] = mine.get("skipped") or theirs.get("skipped")
                 rows.append(row)
     return rows
-
-
-def _write_json(data: dict, out: Path) -> None:
-    """Write ``data`` to ``out`` atomically (temp file in the same folder, then replace)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _fmt_rate(v: float | None) -> str:
-    if v is None:
-        return "—"
-    return f"{v / 1e3:.2f}k" if v >= 1e4 else f"{v:.1f}"
-
-
-def _print_table(data: dict, console) -> None:
-    from rich import box
-    from rich.table import Table
-
-    m = data["machine"]
-    units = sorted({f"{r['case'].split('_')[0]}: {r['unit']}" for r in data["comparisons"]})
-    table = Table(
-        box=box.SIMPLE_HEAD,
-        title="lensml bench physics: speed ratios (lensml float32 vs peers float64)",
-        caption=f"{m['cpu_model']}, {m['cores']} cores, torch threads {m['torch_threads']}, "
-        f"load {m['load_average_1min_before']}→{m['load_average_1min']}; median rates "
-        f"({', '.join(units)}); ratio of medians (judged), best = ratio of best calls",
-    )
-    for col in ("case", "vs", "lensml", "peer", "ratio", "best", "target", "pass"):
-        if col in ("case", "vs"):
-            table.add_column(col, overflow="fold")
-        else:  # numbers never truncated
-            table.add_column(col, justify="right", no_wrap=True, min_width=len(col))
-    for r in data["comparisons"]:
-        passed = {True: "[green]PASS[/]", False: "[red]FAIL[/]", None: "-"}[r["passed"]]
-        ratio = f"{r['ratio']:.1f}×" if r["ratio"] is not None else "skipped"
-        best = f"{r['ratio_best']:.1f}×" if r["ratio_best"] is not None else "-"
-        compiled = " jit" if r["lensml"] == "lensml_compiled" else ""
-        table.add_row(
-            r["case"].replace("strong_", "strong ") + compiled,
-            r["peer"],
-            _fmt_rate(r["lensml_rate"]),
-            _fmt_rate(r["peer_rate"]),
-            ratio,
-            best,
-            f"≥{r['target']:g}×" if r["target"] else "-",
-            passed,
-        )
-    console.print(table)
-    for r in data["comparisons"]:
-        if r["ratio"] is None:
-            console.print(f"[yellow]{r['case']} vs {r['peer']}: {r.get('note')}[/]")
 
 
 def run_physics_bench(

@@ -227,16 +227,93 @@ def surface_brightness(
     Tensor
         Shape ``(B, H, W)`` in flux/arcsec²; dtype and device of ``x``.
     """
-    check_coords(x, y, "sersic")
-    p = as_params(
-        {"amp": amp, "r_eff": r_eff, "n": n, "q": q, "phi": phi, "x0": x0, "y0": y0},
-        PARAMS,
-        "sersic",
-        like=x,
-    )
-    r2 = elliptical_radius_sq(x, y, p["q"], p["phi"], p["x0"], p["y0"])
-    out = sersic_from_r2(r2, p["amp"], p["r_eff"], p["n"])
+    p = surface_brightness_args(x, y, amp, r_eff, n, q, phi, x0, y0)
+    out = surface_brightness_kernel(x, y, **p)
     return out if out.ndim == 3 else out.unsqueeze(0)
+
+
+def surface_brightness_args(
+    x: Tensor,
+    y: Tensor,
+    amp: ParamLike,
+    r_eff: ParamLike,
+    n: ParamLike,
+    q: ParamLike = 1.0,
+    phi: ParamLike = 0.0,
+    x0: ParamLike = 0.0,
+    y0: ParamLike = 0.0,
+) -> dict[str, Tensor]:
+    """Validate :func:`surface_brightness`'s coordinates and parameters once → ``(B, 1, 1)``
+    keyword arguments of :func:`surface_brightness_kernel` (dtype/device of ``x``)."""
+    check_coords(x, y, "sersic")
+    values = {"amp": amp, "r_eff": r_eff, "n": n, "q": q, "phi": phi, "x0": x0, "y0": y0}
+    return as_params(values, PARAMS, "sersic", like=x)
+
+
+def surface_brightness_kernel(
+    x: Tensor,
+    y: Tensor,
+    amp: Tensor,
+    r_eff: Tensor,
+    n: Tensor,
+    q: Tensor,
+    phi: Tensor,
+    x0: Tensor,
+    y0: Tensor,
+) -> Tensor:
+    """Sérsic surface brightness without validation (the formula of :func:`surface_brightness`);
+    ``(B, 1, 1)`` tensors from :func:`surface_brightness_args`, no device syncs."""
+    c = surface_brightness_coefficients(amp, r_eff, n, q, phi)
+    return surface_brightness_from_coefficients(x, y, x0, y0, c)
+
+
+def surface_brightness_coefficients(
+    amp: Tensor, r_eff: Tensor, n: Tensor, q: Tensor, phi: Tensor
+) -> dict[str, Tensor]:
+    """Per-image constants of the Sérsic profile (``(B, 1, 1)`` each; no validation), so that a
+    fused renderer evaluates sines, logs and ``b_n`` once per image, not once per pixel."""
+    b = b_n(n)
+    return {
+        "cos": torch.cos(phi),
+        "sin": torch.sin(phi),
+        "inv_q": 1 / q,
+        "half_inv_n": 0.5 / n,
+        "log_re_n": torch.log(r_eff) / n,
+        "amp": amp,
+        "b": b,
+    }
+
+
+def surface_brightness_from_coefficients(
+    x: Tensor, y: Tensor, x0: Tensor, y0: Tensor, c: dict[str, Tensor]
+) -> Tensor:
+    """Per-pixel part of :func:`surface_brightness_kernel` given
+    :func:`surface_brightness_coefficients`: ``I_e exp(b_n (1 − t))`` with
+    ``t = (R / R_eff)^{1/n} = exp(½ log(R²)/n − log(R_eff)/n)`` (0 at R = 0, gradient-safe)."""
+    dx, dy = x - x0, y - y0
+    xp = c["cos"] * dx + c["sin"] * dy
+    yp = (c["cos"] * dy - c["sin"] * dx) * c["inv_q"]
+    r2 = xp * xp + yp * yp
+    pos = r2 > 0
+    safe = torch.where(pos, r2, torch.ones_like(r2))
+    t = torch.exp(torch.log(safe) * c["half_inv_n"] - c["log_re_n"])
+    t = torch.where(pos, t, torch.zeros_like(t))
+    b = c["b"]
+    return c["amp"] * torch.exp(b - b * t)
+
+
+def _bind_surface_brightness(like: Tensor, **params: ParamLike):
+    """Validate once; return ``(x, y) -> surface brightness`` running only the kernel."""
+    p = surface_brightness_args(like, like, **params)
+
+    def kernel(x: Tensor, y: Tensor) -> Tensor:
+        out = surface_brightness_kernel(x, y, **p)
+        return out if out.ndim == 3 else out.unsqueeze(0)
+
+    return kernel
+
+
+surface_brightness.bind = _bind_surface_brightness  # type: ignore[attr-defined]
 
 
 def validate_n(n: ParamLike, owner: str, like: Tensor | None = None) -> Tensor:

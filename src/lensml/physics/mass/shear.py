@@ -11,6 +11,7 @@ counter-clockwise from +x); convert with :func:`gamma_phi_to_gamma12` and
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -24,6 +25,8 @@ __all__ = [
     "ExternalShear",
     "convergence",
     "deflection",
+    "deflection_args",
+    "deflection_kernel",
     "gamma12_to_gamma_phi",
     "gamma_phi_to_gamma12",
     "potential",
@@ -73,8 +76,37 @@ def deflection(
     y0: ParamLike = 0.0,
 ) -> tuple[Tensor, Tensor]:
     """Shear deflection α = (γ1 x + γ2 y, γ2 x − γ1 y) (arcsec)."""
-    g1, g2, dx, dy = _setup(x, y, gamma1, gamma2, x0, y0)
-    return torch.addcmul(g1 * dx, g2, dy), torch.addcmul(g2 * dx, g1, -dy)
+    return deflection_kernel(x, y, **deflection_args(x, y, gamma1, gamma2, x0, y0))
+
+
+def deflection_args(
+    x: Tensor,
+    y: Tensor,
+    gamma1: ParamLike,
+    gamma2: ParamLike,
+    x0: ParamLike = 0.0,
+    y0: ParamLike = 0.0,
+) -> dict[str, Tensor]:
+    """Validate :func:`deflection`'s parameters once → ``(B, 1, 1)`` keyword arguments of
+    :func:`deflection_kernel` (dtype/device of ``x``)."""
+    values = {"gamma1": gamma1, "gamma2": gamma2, "x0": x0, "y0": y0}
+    return prepare(x, y, values, PARAMS, "shear")
+
+
+def deflection_kernel(
+    x: Tensor, y: Tensor, gamma1: Tensor, gamma2: Tensor, x0: Tensor, y0: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Shear deflection without validation; ``(B, 1, 1)`` tensors from :func:`deflection_args`."""
+    dx, dy = x - x0, y - y0
+    return torch.addcmul(gamma1 * dx, gamma2, dy), torch.addcmul(gamma2 * dx, gamma1, -dy)
+
+
+def _bind_deflection(like: Tensor, **params: ParamLike):
+    """Validate once; return ``(x, y) -> deflection`` running only the kernel."""
+    return functools.partial(deflection_kernel, **deflection_args(like, like, **params))
+
+
+deflection.bind = _bind_deflection  # type: ignore[attr-defined]  # used by render_lensed
 
 
 def convergence(

@@ -24,6 +24,7 @@ replaced by their series in e², so q = 1 is exact and differentiable.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -52,6 +53,10 @@ __all__ = [
     "SIE",
     "convergence",
     "deflection",
+    "deflection_args",
+    "deflection_coefficients",
+    "deflection_from_coefficients",
+    "deflection_kernel",
     "lenstronomy_to_sie",
     "potential",
     "shear",
@@ -71,60 +76,64 @@ def _validate(x, y, theta_e, q, phi, x0, y0, core) -> dict[str, Tensor]:
     return prepare(x, y, values, PARAMS, "sie")
 
 
-def _geometry(x: Tensor, y: Tensor, p: dict[str, Tensor], no_core: bool):
-    """Rotated coordinates, ψ = √(q² x'² + y'² + q s²) and constants from validated ``p``.
+def _geometry(x, y, q, cos, sin, x0, y0, core):
+    """Rotated coordinates, ψ = √(q² x'² + y'² + q s²) and s_q = s/√q (``None``: no core).
 
     In-place updates only touch fresh temporaries that no backward formula saves (outputs
     of mul/addcmul), so autograd stays valid while fewer buffers are allocated.
     """
-    qq = p["q"]
-    cos, sin = torch.cos(p["phi"]), torch.sin(p["phi"])
-    full = torch.broadcast_shapes(x.shape, *(t.shape for t in p.values()))
-    dx = (x - p["x0"]).expand(full)
-    dy = (y - p["y0"]).expand(full)
+    shapes = [x.shape, q.shape, cos.shape, x0.shape, y0.shape]
+    full = torch.broadcast_shapes(*shapes, *([] if core is None else [core.shape]))
+    dx = (x - x0).expand(full)
+    dy = (y - y0).expand(full)
     xr = (dx * cos).addcmul_(dy, sin)
     yr = (dy * cos).addcmul_(dx, -sin)
-    q2 = qq * qq
-    xq = xr * qq
-    psi = (yr * yr).add_(qq * p["core"] * p["core"] + TINY_R2).addcmul_(xq, xq).sqrt_()
-    s_q = None if no_core else p["core"] / torch.sqrt(qq)
-    return cos, sin, xr, yr, q2, psi, s_q
+    q2 = q * q
+    xq = xr * q
+    c2 = TINY_R2 if core is None else q * core * core + TINY_R2
+    psi = (yr * yr).add_(c2).addcmul_(xq, xq).sqrt_()
+    s_q = None if core is None else core / torch.sqrt(q)
+    return xr, yr, q2, psi, s_q
 
 
 def _setup(x, y, theta_e, q, phi, x0, y0, core):
     p = _validate(x, y, theta_e, q, phi, x0, y0, core)
-    return p, *_geometry(x, y, p, _is_zero(core))
+    cos, sin = torch.cos(p["phi"]), torch.sin(p["phi"])
+    c = None if _is_zero(core) else p["core"]
+    return p, cos, sin, *_geometry(x, y, p["q"], cos, sin, p["x0"], p["y0"], c)
 
 
 def _is_zero(core: ParamLike) -> bool:
     return isinstance(core, (int, float)) and core == 0
 
 
-def _rotate_back(u: Tensor, v: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
-    return (u * cos).addcmul_(v, -sin), (u * sin).addcmul_(v, cos)
+def _needs_series(q: Tensor) -> bool:
+    """Whether any axis ratio is so close to 1 that the q → 1 series is used."""
+    with torch.no_grad():
+        return bool((1 - q.detach() * q.detach() < _SERIES_E2).any())
 
 
-def _arc_terms(xr, yr, q2, psi, s_q) -> tuple[Tensor, Tensor, Tensor]:
+def _arc_terms(xr, yr, q2, psi, s_q, series: bool | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """``(atan(e u), atanh(e v), e)`` with u = x'/(ψ + s_q), v = y'/(ψ + q² s_q).
 
     The rotated-frame deflection is (b/e) times the first two. For e² < 1e-6 they are
     replaced by e u (1 − e²u²/3 + e⁴u⁴/5) and e v (1 + e²v²/3 + e⁴v⁴/5), whose q-dependence
     goes through the unclamped e² = 1 − q², so q = 1 is exact and differentiable.
+    ``series``: whether to evaluate that branch at all (``None``: decide from the data, one
+    device sync; a bool keeps the function free of syncs, e.g. under ``torch.compile``).
     """
     e2 = 1 - q2
     e = torch.sqrt(torch.clamp(e2, min=1e-12))
-    if s_q is None:
-        r = e / psi
-        zx, zy = xr * r, yr * r
-    else:
-        zx = xr * (e / (psi + s_q))
-        zy = yr * (e / (psi + q2 * s_q))
-    tx = torch.atan(zx)
-    ty = torch.atanh(zy)
+    inv_x = 1 / psi if s_q is None else 1 / (psi + s_q)
+    inv_y = inv_x if s_q is None else 1 / (psi + q2 * s_q)
+    u, v = xr * inv_x, yr * inv_y
+    zy = v * e
+    tx = torch.atan(u * e)
+    ty = 0.5 * (torch.log1p(zy) - torch.log1p(-zy))  # atanh, vectorises under inductor
     near = e2 < _SERIES_E2
-    if bool(near.any()):
-        u = xr / (psi if s_q is None else psi + s_q)
-        v = yr / (psi if s_q is None else psi + q2 * s_q)
+    if series is None:
+        series = bool(near.any())
+    if series:
         z2, w2 = e2 * u * u, e2 * v * v
         tx = torch.where(near, e * u * (1 - z2 * (1.0 / 3.0 - z2 / 5)), tx)
         ty = torch.where(near, e * v * (1 + w2 * (1.0 / 3.0 + w2 / 5)), ty)
@@ -158,29 +167,127 @@ def deflection(
     core : float or Tensor
         Core radius s (arcsec), >= 0 (lenstronomy's NIE ``s_scale``).
     """
-    p = _validate(x, y, theta_e, q, phi, x0, y0, core)
-    no_core = _is_zero(core)
-    batch = max(t.shape[0] for t in (x if x.ndim == 3 else x[None], *p.values()))
+    args = deflection_args(x, y, theta_e, q, phi, x0, y0, core)
+    tensors = [v for v in args.values() if isinstance(v, Tensor)]
+    batch = max(t.shape[0] for t in (x if x.ndim == 3 else x[None], *tensors))
     per_item = x.shape[-1] * x.shape[-2]
     step = max(1, _CPU_CHUNK // per_item)
     if x.device.type != "cpu" or batch <= step or batch * per_item < 4 * _CPU_CHUNK:
-        return _deflection(x, y, p, no_core)
+        return deflection_kernel(x, y, **args)
     # CPU: evaluate a few images at a time so the ~10 temporaries stay in cache
     parts = []
     for i in range(0, batch, step):
 
-        def cut(t: Tensor, i: int = i) -> Tensor:
-            return t[i : i + step] if t.ndim == 3 and t.shape[0] > 1 else t
+        def cut(t, i: int = i):
+            sliced = isinstance(t, Tensor) and t.ndim == 3 and t.shape[0] > 1
+            return t[i : i + step] if sliced else t
 
-        parts.append(_deflection(cut(x), cut(y), {k: cut(v) for k, v in p.items()}, no_core))
+        parts.append(deflection_kernel(cut(x), cut(y), **{k: cut(v) for k, v in args.items()}))
     return torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
 
 
-def _deflection(x: Tensor, y: Tensor, p: dict[str, Tensor], no_core: bool):
-    cos, sin, xr, yr, q2, psi, s_q = _geometry(x, y, p, no_core)
-    tx, ty, e = _arc_terms(xr, yr, q2, psi, s_q)
-    k = p["theta_e"] * torch.sqrt(p["q"]) / e
-    return _rotate_back(tx, ty, k * cos, k * sin)
+def deflection_args(
+    x: Tensor,
+    y: Tensor,
+    theta_e: ParamLike,
+    q: ParamLike,
+    phi: ParamLike = 0.0,
+    x0: ParamLike = 0.0,
+    y0: ParamLike = 0.0,
+    core: ParamLike = 0.0,
+) -> dict:
+    """Validate :func:`deflection`'s parameters once → keyword arguments of
+    :func:`deflection_kernel`: ``(B, 1, 1)`` tensors (dtype/device of ``x``), ``core=None``
+    for the number 0 (singular) and the static flag ``series``."""
+    p = _validate(x, y, theta_e, q, phi, x0, y0, core)
+    p["core"] = None if _is_zero(core) else p["core"]
+    p["series"] = _needs_series(p["q"])
+    return p
+
+
+def deflection_kernel(
+    x: Tensor,
+    y: Tensor,
+    theta_e: Tensor,
+    q: Tensor,
+    phi: Tensor,
+    x0: Tensor,
+    y0: Tensor,
+    core: Tensor | None = None,
+    series: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """SIE / NIE deflection without validation (the formula behind :func:`deflection`).
+
+    Parameters are already-validated ``(B, 1, 1)`` tensors (see :func:`deflection_args`);
+    ``core=None`` is the singular SIE; ``series=False`` skips the q → 1 series branch (only
+    correct if every 1 − q² >= 1e-6). Free of device syncs, so ``torch.compile`` traces it
+    whole. Equals :func:`deflection_from_coefficients` of :func:`deflection_coefficients`.
+    """
+    c = deflection_coefficients(theta_e, q, phi, core)
+    return deflection_from_coefficients(x, y, x0, y0, c, series)
+
+
+def deflection_coefficients(
+    theta_e: Tensor, q: Tensor, phi: Tensor, core: Tensor | None = None
+) -> dict[str, Tensor]:
+    """Per-image constants of the SIE deflection (``(B, 1, 1)`` each; no validation).
+
+    Split from the per-pixel work so that a fused renderer computes the sines, square roots
+    and divisions once per image instead of once per pixel.
+    """
+    cos, sin = torch.cos(phi), torch.sin(phi)
+    q2 = q * q
+    e2 = 1 - q2
+    e = torch.sqrt(torch.clamp(e2, min=1e-12))
+    k = theta_e * torch.sqrt(q) / e
+    c = {"cos": cos, "sin": sin, "q": q, "e2": e2, "e": e, "kcos": k * cos, "ksin": k * sin}
+    c["core2"] = TINY_R2 if core is None else q * core * core + TINY_R2  # type: ignore[assignment]
+    if core is not None:
+        c["s_q"] = core / torch.sqrt(q)
+        c["q2s_q"] = q2 * c["s_q"]
+    return c
+
+
+def deflection_from_coefficients(
+    x: Tensor, y: Tensor, x0: Tensor, y0: Tensor, c: dict[str, Tensor], series: bool = True
+) -> tuple[Tensor, Tensor]:
+    """Per-pixel part of :func:`deflection_kernel` given :func:`deflection_coefficients`.
+
+    The same formulas as :func:`deflection_kernel` (κ, ψ and the atan / atanh terms of the
+    module docstring), written with precomputed constants and without in-place updates, so
+    that ``torch.compile`` fuses them into one loop.
+    """
+    dx, dy = x - x0, y - y0
+    cos, sin, q = c["cos"], c["sin"], c["q"]
+    xr = dx * cos + dy * sin
+    yr = dy * cos - dx * sin
+    xq = xr * q
+    psi = torch.sqrt(yr * yr + xq * xq + c["core2"])
+    if "s_q" in c:
+        u, v = xr / (psi + c["s_q"]), yr / (psi + c["q2s_q"])
+    else:
+        inv = 1 / psi
+        u, v = xr * inv, yr * inv
+    e = c["e"]
+    zy = v * e
+    tx = torch.atan(u * e)
+    ty = 0.5 * (torch.log1p(zy) - torch.log1p(-zy))  # atanh
+    if series:
+        e2 = c["e2"]
+        near = e2 < _SERIES_E2
+        z2, w2 = e2 * u * u, e2 * v * v
+        tx = torch.where(near, e * u * (1 - z2 * (1.0 / 3.0 - z2 / 5)), tx)
+        ty = torch.where(near, e * v * (1 + w2 * (1.0 / 3.0 + w2 / 5)), ty)
+    kcos, ksin = c["kcos"], c["ksin"]
+    return tx * kcos - ty * ksin, tx * ksin + ty * kcos
+
+
+def _bind_deflection(like: Tensor, **params: ParamLike):
+    """Validate once; return ``(x, y) -> deflection`` running only the kernel."""
+    return functools.partial(deflection_kernel, **deflection_args(like, like, **params))
+
+
+deflection.bind = _bind_deflection  # type: ignore[attr-defined]  # used by render_lensed
 
 
 def potential(
