@@ -67,9 +67,12 @@ def test_eager_equals_render_lensed(dtype, tol, ss, core, extras):
         assert _rel(got, ref) < 1e-11
 
 
-def test_compiled_equals_eager_and_reference():
+def test_compiled_equals_eager_and_reference(monkeypatch):
     lens, ext, src, light = _params(True, True, torch.float32)
     fused.clear_compile_cache()
+    # force several equal row blocks per image (one compilation serves them all)
+    monkeypatch.setattr(fused, "_BLOCK_ELEMENTS", 1)
+    assert fused._block_rows(torch.zeros(GRID.ny * 2, GRID.nx * 2), 3, 2) == 1  # 20 blocks
     try:
         got = fused.render_sie_shear_sersic(
             GRID, lens, ext, src, 2, None, light, compile=True, dtype=torch.float32
@@ -178,3 +181,12 @@ def test_render_lensed_validates_bound_profiles_once(monkeypatch):
     assert len(calls) == 1 and img.shape == (1, 1, 20, 20)
     with pytest.raises(ValueError, match="'q'"):
         render_lensed(GRID, functools.partial(sie.deflection, theta_e=1.0, q=1.5), source)
+
+
+def test_block_rows_are_equal_divisors_within_budget():
+    ss1 = torch.zeros(96, 96)
+    ss4 = torch.zeros(384, 384)
+    assert fused._block_rows(ss1, 256, 1) == 96  # k = 1: one fused loop, no blocks
+    assert fused._block_rows(ss4, 64, 4) == 8  # 64·(8·4)·384 = 786k ≤ 2**20 values
+    assert fused._block_rows(torch.zeros(97 * 2, 97 * 2), 4096, 2) == 1  # prime height
+    assert 96 % fused._block_rows(torch.zeros(192, 192), 512, 2) == 0

@@ -111,6 +111,23 @@ def _compiled(key: tuple, statics: dict) -> Callable:
     return fn
 
 
+_BLOCK_ELEMENTS = 2**20  # sub-pixel values per compiled call: intermediates stay cache-sized
+
+
+def _block_rows(x: Tensor, batch: int, k: int) -> int:
+    """Pixel rows per compiled call on CPU with supersampling: the largest divisor of the image
+    height whose block holds at most ``_BLOCK_ELEMENTS`` values. With k > 1 the sub-pixel
+    image is a stored intermediate of the block mean, and cache-sized blocks measured ~1.2×
+    faster (96², k = 4, batch 64); at k = 1 everything fuses into one loop and the whole
+    image in one call is as fast. Equal blocks mean a single compilation."""
+    n_rows = x.shape[-2] // k
+    if x.device.type != "cpu" or k == 1:
+        return n_rows
+    per_row = max(1, batch) * k * x.shape[-1]
+    limit = max(1, _BLOCK_ELEMENTS // per_row)
+    return max(d for d in range(1, n_rows + 1) if n_rows % d == 0 and d <= limit)
+
+
 def _validated(lens, shear, source, lens_light, like: Tensor):
     def need(d: Mapping | None, label: str) -> dict:
         if not isinstance(d, Mapping):
@@ -179,7 +196,8 @@ def render_sie_shear_sersic(
         Of the coordinates and outputs (default: torch's default dtype, CPU).
     chunk_elements : int, optional
         Row-block size of the eager path (as in ``render_lensed``); the compiled path runs
-        the whole image in one fused loop.
+        equal row blocks of about 2**20 sub-pixel values on CPU (one compilation) and the
+        whole image on GPU.
 
     Returns
     -------
@@ -202,12 +220,18 @@ def render_sie_shear_sersic(
     use_compile = compile is True or (compile == "auto" and not _COMPILE_FAILED)
     image = None
     if use_compile:
+        rows = _block_rows(x, batch, k)
         key = (
-            tuple(x.shape), batch, k, x.dtype, str(x.device), len(groups["lens"]),
+            (rows * k, x.shape[-1]), batch, k, x.dtype, str(x.device), len(groups["lens"]),
             bool(groups["light"]), series, statics["area"], torch.is_grad_enabled(),
         )  # fmt: skip
         try:
-            image = _compiled(key, statics)(x, y, coeffs)
+            fn = _compiled(key, statics)
+            step = rows * k
+            image = torch.cat(
+                [fn(x[r : r + step], y[r : r + step], coeffs) for r in range(0, x.shape[-2], step)],
+                dim=-2,
+            )
         except Exception as exc:
             if compile is True:
                 raise
