@@ -99,7 +99,7 @@ def test_dump_config_round_trips():
 @pytest.mark.parametrize(
     ("args", "key"),
     [
-        (["quickstart", "--seed", "7"], "seed: 7"),
+        (["quickstart", "--seed", "7", "--pipelines", "gallery"], "- gallery"),
         (["bench", "physics", "--case", "fft"], "- fft"),
         (["predict", "a.fits", "--batch-size", "8"], "batch_size: 8"),
         (["evaluate", "store", "--device", "cpu"], "device: cpu"),

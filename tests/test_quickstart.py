@@ -1,4 +1,4 @@
-"""The README's main job renders its gallery and records what it simulated."""
+"""The README's main job renders its gallery, runs the clusters demo and records what it did."""
 
 from __future__ import annotations
 
@@ -10,20 +10,16 @@ from lensml.quickstart import run_quickstart
 
 
 @pytest.fixture(scope="module")
-def gallery(tmp_path_factory):
+def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("qs")
     return out, run_quickstart(out, seed=3)
 
 
-def test_quickstart_writes_gallery(gallery):
-    out, paths = gallery
-    names = sorted(p.name for p in paths)
-    assert names == [
-        "lensed_arc.png",
-        "nfw_shear_field.png",
-        "quickstart.json",
-        "sersic_galaxy.png",
-    ]
+def test_quickstart_writes_gallery(report):
+    out, paths = report
+    names = {p.name for p in paths}
+    assert {"lensed_arc.png", "nfw_shear_field.png", "sersic_galaxy.png"} <= names
+    assert paths[-1].name == "quickstart.json"
     for p in paths:
         assert p.stat().st_size > 1000
         if p.suffix == ".png":
@@ -33,20 +29,40 @@ def test_quickstart_writes_gallery(gallery):
     # the gallery's own check: FFT tangential shear of the NFW map vs Wright & Brainerd
     assert summary["nfw_shear_field"]["max_rel_err_gt_fft_vs_analytic_30_150"] < 0.01
     assert 0.5 < summary["lensed_arc"]["lens_sie"]["theta_e"] < 3.0
-    # nothing but the outputs (no temporary files left behind)
-    assert sorted(p.name for p in out.iterdir()) == names
+    # nothing but the outputs (no temporary files or work directories left behind)
+    top = {"lensed_arc.png", "nfw_shear_field.png", "sersic_galaxy.png", "quickstart.json"}
+    assert {p.name for p in out.iterdir()} == top | {"clusters"}
 
 
-def test_quickstart_is_reproducible(gallery, tmp_path):
-    out, _ = gallery
-    again = run_quickstart(tmp_path / "again", seed=3)
-    assert again[-1].read_text() == (out / "quickstart.json").read_text()
+def test_quickstart_clusters_section(report):
+    out, _ = report
+    summary = json.loads((out / "quickstart.json").read_text())["clusters"]
+    methods = summary["overall"]
+    assert "nfw-tangential-fit" in methods and any(m.startswith("cnn:") for m in methods)
+    for res in methods.values():
+        assert res["log10_mvir"]["rms"] > 0 and res["c_vir"]["sigma"] >= 0
+    cluster_files = {p.name for p in (out / "clusters").iterdir()}
+    assert "clusters_eval.json" in cluster_files
+    assert any(name.startswith("distributions_") for name in cluster_files)
+    assert "work" not in cluster_files
 
 
-def test_quickstart_rejects_bad_output_and_device(tmp_path):
+def test_quickstart_gallery_is_reproducible(report, tmp_path):
+    out, _ = report
+    again = json.loads(run_quickstart(tmp_path / "again", seed=3, sections=("gallery",))[-1]
+                       .read_text())  # fmt: skip
+    first = json.loads((out / "quickstart.json").read_text())
+    for key in ("lensed_arc", "nfw_shear_field", "sersic_galaxy"):
+        assert again[key] == first[key]
+    assert "clusters" not in again
+
+
+def test_quickstart_rejects_bad_output_device_and_sections(tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
     with pytest.raises(ValueError, match="exists and is not a directory"):
         run_quickstart(f)
     with pytest.raises(ValueError, match="device"):
         run_quickstart(tmp_path / "x", device="nonsense")
+    with pytest.raises(ValueError, match="sections must be among"):
+        run_quickstart(tmp_path / "y", sections=("strong",))

@@ -291,8 +291,13 @@ def _plot_galaxy(plt, maps: dict[str, np.ndarray], params: dict[str, Any]):
     return fig
 
 
-def run_quickstart(out: Path, seed: int = 0, device: str = "cpu") -> list[Path]:
-    """Render the gallery into ``out`` and return the written paths.
+SECTIONS = ("gallery", "clusters")
+
+
+def run_quickstart(
+    out: Path, seed: int = 0, device: str = "cpu", sections: tuple[str, ...] = SECTIONS
+) -> list[Path]:
+    """Render the gallery and run the pipeline demos into ``out``; return the written paths.
 
     Parameters
     ----------
@@ -302,7 +307,14 @@ def run_quickstart(out: Path, seed: int = 0, device: str = "cpu") -> list[Path]:
         Seed of the ``torch.Generator`` drawing every random quantity.
     device : str
         torch device for the simulation (``"cpu"``, ``"cuda"``, ...).
+    sections : tuple of str
+        Any of ``"gallery"`` (lensed arc, NFW shear field, Sérsic galaxy) and ``"clusters"``
+        (simulate a small cluster set, train a small CNN briefly, evaluate it against the NFW
+        tangential-shear fit on the same noisy maps).
     """
+    bad = [x for x in sections if x not in SECTIONS]
+    if bad or not sections:
+        raise ValueError(f"quickstart: sections must be among {list(SECTIONS)}; got {sections!r}")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -324,16 +336,20 @@ def run_quickstart(out: Path, seed: int = 0, device: str = "cpu") -> list[Path]:
 
     summary: dict[str, Any] = {"lensml_version": __version__, "seed": seed, "device": device}
     written: list[Path] = []
-    for name, simulate, plot in (
+    gallery = (
         ("lensed_arc", _lensed_arc, _plot_arc),
         ("nfw_shear_field", _nfw_field, _plot_nfw),
         ("sersic_galaxy", _sersic_galaxy, _plot_galaxy),
-    ):
+    )
+    for name, simulate, plot in gallery if "gallery" in sections else ():
         params, maps = simulate(torch, gen, dev)
         fig = plot(plt, maps, params)
         written.append(_save_figure(fig, out / f"{name}.png"))
         plt.close(fig)
         summary[name] = params
+    if "clusters" in sections:
+        paths, summary["clusters"] = _clusters_demo(out / "clusters", seed, device)
+        written.extend(paths)
     summary_path = out / "quickstart.json"
     _atomic_write_bytes(summary_path, json.dumps(summary, indent=2).encode())
     written.append(summary_path)
@@ -395,3 +411,47 @@ def _sersic_galaxy(torch, gen, device) -> tuple[dict[str, Any], dict[str, np.nda
         "extent": np.array(grid.extent),
     }
     return params, maps
+
+
+# A quick CPU demo of the clusters pipeline; benchmarks/clusters_accuracy.py is the real run.
+_CLUSTERS_DEMO = {"n_train": 384, "n_test": 128, "size": 64, "pixel_scale": 16.0,
+                  "network": "vgg-small", "epochs": 4, "noise": "euclid"}  # fmt: skip
+
+
+def _clusters_demo(out: Path, seed: int, device: str) -> tuple[list[Path], dict[str, Any]]:
+    """Simulate, train briefly and evaluate the cluster CNN against the NFW fit (≈1 min)."""
+    import shutil
+
+    from lensml.data.runner import run_simulate
+    from lensml.pipelines.clusters import evaluate_clusters, train_clusters
+
+    cfg = _CLUSTERS_DEMO
+    gen_cfg = {"size": cfg["size"], "pixel_scale": cfg["pixel_scale"]}
+    work = out / "work"
+    if work.exists():
+        shutil.rmtree(work)
+    stores = {}
+    for split, n, s in (("train", cfg["n_train"], seed), ("test", cfg["n_test"], seed + 1)):
+        stores[split] = work / split
+        run_simulate("clusters", n, stores[split], s, config=gen_cfg, shard_size=128,
+                     progress=False)  # fmt: skip
+    train = train_clusters(
+        stores["train"], cfg["network"], work / "run", noise=cfg["noise"], epochs=cfg["epochs"],
+        seed=seed, device=None if device == "cpu" else device, progress=False,
+    )  # fmt: skip
+    ev = evaluate_clusters(
+        stores["test"], [train["model_dir"]], out, noise=cfg["noise"], seed=seed + 2,
+        device=device, print_table=False,
+    )  # fmt: skip
+    cond = ev["conditions"][cfg["noise"]]
+    table = {
+        method: {
+            label: {k: row["overall"][k] for k in ("bias", "median_bias", "sigma", "rms")}
+            for label, row in res["labels"].items()
+            if label in ("log10_mvir", "c_vir")
+        }
+        for method, res in cond["methods"].items()
+    }
+    shutil.rmtree(work)
+    paths = [Path(p) for p in ev["figures"]] + [Path(ev["json"])]
+    return paths, {"config": cfg, "epochs_trained": train["epochs"], "overall": table}
