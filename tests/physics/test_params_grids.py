@@ -132,3 +132,19 @@ def test_registry():
         reg.get("bar")
     with pytest.raises(ValueError, match="already registered"):
         reg.register("foo")(int)
+
+
+def test_check_pixel_scale_and_as_maps():
+    from lensml.physics.params import as_maps, check_pixel_scale
+
+    assert check_pixel_scale(torch.tensor(0.5), "f") == 0.5
+    for bad in (0.0, -1.0, math.inf, math.nan, True, "0.1"):
+        with pytest.raises(ValueError, match=r"f: 'pixel_scale' must be a finite number in"):
+            check_pixel_scale(bad, "f")  # type: ignore[arg-type]
+    assert as_maps(torch.zeros(4, 5), "kappa", "f").shape == (1, 4, 5)
+    with pytest.raises(ValueError, match="'kappa' contains NaN"):
+        as_maps(torch.full((3, 3), math.nan), "kappa", "f")
+    with pytest.raises(ValueError, match="H, W >= 2"):
+        as_maps(torch.zeros(1, 5), "kappa", "f", min_size=2)
+    with pytest.raises(ValueError, match="floating-point"):
+        as_maps(torch.zeros(3, 3, dtype=torch.int32), "kappa", "f")

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lensml.physics.params import as_maps, check_pixel_scale
+
 QUANTITIES = ("kappa", "potential", "alpha_x", "alpha_y", "gamma1", "gamma2", "g1", "g2")
 """Names accepted by :func:`lensing_fields`."""
 
@@ -46,19 +48,7 @@ _CPU_CHUNK_ELEMENTS = 1 << 20  # padded pixels per FFT call on CPU
 # --------------------------------------------------------------------------------------
 # validation
 def _as_maps(value: Tensor, name: str, owner: str) -> Tensor:
-    """Check a real map of shape (H, W) or (B, H, W); return it as (B, H, W)."""
-    if not isinstance(value, Tensor) or not value.is_floating_point():
-        raise ValueError(
-            f"{owner}: {name!r} must be a floating-point tensor of shape (H, W) or (B, H, W)"
-        )
-    if value.ndim not in (2, 3) or min(value.shape[-2:]) < 2:
-        raise ValueError(
-            f"{owner}: {name!r} must have shape (H, W) or (B, H, W) with H, W >= 2; "
-            f"got {tuple(value.shape)}"
-        )
-    if not bool(torch.isfinite(value.detach()).all()):
-        raise ValueError(f"{owner}: {name!r} contains NaN or inf; expected finite values")
-    return value if value.ndim == 3 else value.unsqueeze(0)
+    return as_maps(value, name, owner, min_size=2)
 
 
 def _check_pad(pad_factor: int, owner: str) -> int:
@@ -68,19 +58,7 @@ def _check_pad(pad_factor: int, owner: str) -> int:
 
 
 def _check_scale(pixel_scale: float, owner: str) -> float:
-    if isinstance(pixel_scale, Tensor) and pixel_scale.numel() == 1:
-        pixel_scale = float(pixel_scale)
-    if (
-        isinstance(pixel_scale, bool)
-        or not isinstance(pixel_scale, (int, float))
-        or not math.isfinite(pixel_scale)
-        or pixel_scale <= 0
-    ):
-        raise ValueError(
-            f"{owner}: 'pixel_scale' must be a finite number in (0, inf) "
-            f"(length per pixel, e.g. arcsec); got {pixel_scale!r}"
-        )
-    return float(pixel_scale)
+    return check_pixel_scale(pixel_scale, owner, unit="(length per pixel, e.g. arcsec)")
 
 
 def _check_smoothing(smoothing: float | None, owner: str) -> float:

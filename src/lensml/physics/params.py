@@ -207,3 +207,43 @@ CENTER_Y = ParamSpec("y0", "arcsec", doc="centre, y (up)")
 AXIS_RATIO = ParamSpec("q", "dimensionless", 0.0, 1.0, low_open=True, doc="minor/major axis ratio")
 ANGLE = ParamSpec("phi", "rad", doc="position angle of the major axis, counter-clockwise from +x")
 EINSTEIN_RADIUS = ParamSpec("theta_e", "arcsec", 0.0, math.inf, doc="Einstein radius")
+
+
+def check_pixel_scale(pixel_scale: float | Tensor, owner: str, unit: str = "arcsec") -> float:
+    """Return a pixel scale as a float; raise ``ValueError`` unless it is finite and > 0.
+
+    A one-element tensor is accepted. ``unit`` only enters the message.
+    """
+    if isinstance(pixel_scale, Tensor) and pixel_scale.numel() == 1:
+        pixel_scale = float(pixel_scale)
+    if (
+        isinstance(pixel_scale, bool)
+        or not isinstance(pixel_scale, (int, float))
+        or not math.isfinite(pixel_scale)
+        or pixel_scale <= 0
+    ):
+        raise ValueError(
+            f"{owner}: 'pixel_scale' must be a finite number in (0, inf) {unit}; "
+            f"got {pixel_scale!r}"
+        )
+    return float(pixel_scale)
+
+
+def as_maps(value: Tensor, name: str, owner: str, min_size: int = 1) -> Tensor:
+    """Check a finite real map of shape ``(H, W)`` or ``(B, H, W)``; return it as ``(B, H, W)``.
+
+    Raises ``ValueError`` naming ``name`` for a non-floating tensor, another rank, a side
+    shorter than ``min_size`` pixels, or NaN/inf values.
+    """
+    if not isinstance(value, Tensor) or not value.is_floating_point():
+        raise ValueError(
+            f"{owner}: {name!r} must be a floating-point tensor of shape (H, W) or (B, H, W)"
+        )
+    if value.ndim not in (2, 3) or min(value.shape[-2:]) < min_size:
+        raise ValueError(
+            f"{owner}: {name!r} must have shape (H, W) or (B, H, W) with H, W >= {min_size}; "
+            f"got {tuple(value.shape)}"
+        )
+    if not bool(torch.isfinite(value.detach()).all()):
+        raise ValueError(f"{owner}: {name!r} contains NaN or inf; expected finite values")
+    return value if value.ndim == 3 else value.unsqueeze(0)

@@ -26,12 +26,14 @@ Conventions: ``kappa[..., i, j]`` sits at ``x_j`` (right), ``y_i`` (up), as ever
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from lensml.physics.convolve import fast_fft_size
+from lensml.physics.params import as_maps, check_pixel_scale
 
 KERNELS = ("point", "pixel")
 
@@ -43,46 +45,11 @@ def _check_kernel(kernel: str, owner: str) -> str:
 
 
 def _check_scale(pixel_scale: float, owner: str) -> float:
-    if isinstance(pixel_scale, Tensor) and pixel_scale.numel() == 1:
-        pixel_scale = float(pixel_scale)
-    if (
-        isinstance(pixel_scale, bool)
-        or not isinstance(pixel_scale, (int, float))
-        or not math.isfinite(pixel_scale)
-        or pixel_scale <= 0
-    ):
-        raise ValueError(
-            f"{owner}: 'pixel_scale' must be a finite number in (0, inf) arcsec; "
-            f"got {pixel_scale!r}"
-        )
-    return float(pixel_scale)
+    return check_pixel_scale(pixel_scale, owner)
 
 
 def _as_maps(kappa: Tensor, owner: str) -> Tensor:
-    if not isinstance(kappa, Tensor) or not kappa.is_floating_point():
-        raise ValueError(
-            f"{owner}: 'kappa' must be a floating-point tensor of shape (H, W) or (B, H, W)"
-        )
-    if kappa.ndim not in (2, 3) or min(kappa.shape[-2:]) < 1:
-        raise ValueError(
-            f"{owner}: 'kappa' must have shape (H, W) or (B, H, W); got {tuple(kappa.shape)}"
-        )
-    if not bool(torch.isfinite(kappa.detach()).all()):
-        raise ValueError(f"{owner}: 'kappa' contains NaN or inf; expected finite values")
-    return kappa if kappa.ndim == 3 else kappa.unsqueeze(0)
-
-
-def _fast_size(n: int) -> int:
-    """Smallest integer >= n whose only prime factors are 2, 3 and 5."""
-    m = n
-    while True:
-        r = m
-        for p in (2, 3, 5):
-            while r % p == 0:
-                r //= p
-        if r == 1:
-            return m
-        m += 1
+    return as_maps(kappa, "kappa", owner)
 
 
 # --------------------------------------------------------------------------------------
@@ -187,7 +154,7 @@ def _kernel_spectrum(
     h: int, w: int, scale: float, kernel: str, field: str, dtype: torch.dtype, device: torch.device
 ) -> tuple[Tensor, int, int]:
     """rfft2 of the kernel wrapped onto the (nh, nw) circular grid, and (nh, nw)."""
-    nh, nw = _fast_size(2 * h - 1), _fast_size(2 * w - 1)
+    nh, nw = fast_fft_size(2 * h - 1), fast_fft_size(2 * w - 1)
     k = _kernel_arrays(h - 1, w - 1, scale, kernel, field)
     wrapped = np.zeros((k.shape[0], nh, nw))
     rows = np.arange(-(h - 1), h) % nh
