@@ -10,7 +10,6 @@ from scipy.special import exp1
 
 from lensml.physics.grids import PixelGrid, downsample
 from lensml.physics.pixelated import (
-    _fast_size,
     deflection_from_pixelated_kappa,
     deflection_kernel,
     potential_from_pixelated_kappa,
@@ -188,7 +187,9 @@ def test_float32_batched_and_gradients():
 
 
 def test_fast_size():
-    assert [_fast_size(n) for n in (1, 7, 11, 127, 129)] == [1, 8, 12, 128, 135]
+    from lensml.physics.convolve import fast_fft_size
+
+    assert [fast_fft_size(n) for n in (1, 7, 11, 127, 129)] == [1, 8, 12, 128, 135]
 
 
 @pytest.mark.parametrize(
