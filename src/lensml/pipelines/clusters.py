@@ -298,6 +298,8 @@ def _build_seeded(network: str, config: Mapping[str, Any], seed: int) -> Any:
 
     from lensml.train import build_network
 
+    # nn.Module constructors draw initial weights from torch's default generator and take no
+    # generator argument; fork_rng scopes the seeding so the caller's global state is restored.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         return build_network(network, dict(config))
