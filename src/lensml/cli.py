@@ -267,7 +267,7 @@ def train(
         store = open_store(data, require_complete=True)
         net_cfg = _read_mapping(network_config, "network config")
         net_cfg = _infer_network_shapes(network, net_cfg, store, cfg)
-        model = build_network(network, net_cfg)
+        model = build_network(network, net_cfg, seed=cfg.seed)
         dataset = store.dataset(keys=[cfg.input_key, cfg.target_key])
         result = fit(
             model,

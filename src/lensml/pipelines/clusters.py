@@ -293,18 +293,6 @@ def _epoch_callback(dataset: ClusterMapDataset) -> Any:
     return _NoiseEpoch()
 
 
-def _build_seeded(network: str, config: Mapping[str, Any], seed: int) -> Any:
-    import torch
-
-    from lensml.train import build_network
-
-    # nn.Module constructors draw initial weights from torch's default generator and take no
-    # generator argument; fork_rng scopes the seeding so the caller's global state is restored.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        return build_network(network, dict(config))
-
-
 def train_clusters(
     data_dir: str | Path,
     network: str = "vgg-small",
@@ -373,7 +361,7 @@ def train_clusters(
     """
     import torch
 
-    from lensml.train import fit
+    from lensml.train import build_network, fit
 
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
@@ -381,7 +369,7 @@ def train_clusters(
         raise ValueError(f"val_fraction must be in (0, 0.9], got {val_fraction}")
     info = inspect_cluster_store(data_dir)
     net_cfg = {**dict(network_config or {}), "in_channels": 2, "out_features": len(LABELS)}
-    model = _build_seeded(network, net_cfg, seed)
+    model = build_network(network, dict(net_cfg), seed=int(seed))
     input_size = int(getattr(model, "input_size", info.size))
     downsample_factor(info.size, input_size, f"data_dir {info.root} for network {network!r}")
     n = info.n if max_items is None else min(info.n, int(max_items))

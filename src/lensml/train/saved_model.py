@@ -97,12 +97,16 @@ def _ensure_networks_registered() -> None:
             raise
 
 
-def build_network(name: str, config: Mapping[str, Any] | None = None) -> nn.Module:
+def build_network(
+    name: str, config: Mapping[str, Any] | None = None, seed: int | None = None
+) -> nn.Module:
     """Build the network registered as ``name`` from its config.
 
     The registered object is called with the config as keyword arguments (or, if it has a
     ``from_config`` class method, with the mapping). The returned module remembers
     ``(name, config)`` so that :func:`lensml.train.fit` can save it without being told again.
+    With ``seed`` the initial weights are redrawn by :func:`lensml.train.init.seeded_init`
+    from a private generator, so ``(name, config, seed)`` fixes them.
 
     Raises
     ------
@@ -125,6 +129,10 @@ def build_network(name: str, config: Mapping[str, Any] | None = None) -> nn.Modu
         raise ValueError(f"network {name!r}: invalid config {cfg}: {err}") from None
     if not isinstance(net, nn.Module):
         raise ValueError(f"network {name!r} did not build an nn.Module")
+    if seed is not None:
+        from lensml.train.init import seeded_init
+
+        seeded_init(net, seed)
     setattr(net, _SPEC_ATTR, (name.lower(), cfg))
     return net
 
