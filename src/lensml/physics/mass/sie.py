@@ -113,6 +113,23 @@ def _needs_series(q: Tensor) -> bool:
         return bool((1 - q.detach() * q.detach() < _SERIES_E2).any())
 
 
+def _arcs(u: Tensor, v: Tensor, e: Tensor, e2: Tensor, series: bool) -> tuple[Tensor, Tensor]:
+    """``(atan(e u), atanh(e v))``, with the q → 1 series where e² < 1e-6 if ``series``.
+
+    The one place these formulas live: used by the potential and by both deflection paths.
+    atanh is written as ½(log1p(z) − log1p(−z)) so that inductor vectorises it.
+    """
+    zy = v * e
+    tx = torch.atan(u * e)
+    ty = 0.5 * (torch.log1p(zy) - torch.log1p(-zy))
+    if series:
+        near = e2 < _SERIES_E2
+        z2, w2 = e2 * u * u, e2 * v * v
+        tx = torch.where(near, e * u * (1 - z2 * (1.0 / 3.0 - z2 / 5)), tx)
+        ty = torch.where(near, e * v * (1 + w2 * (1.0 / 3.0 + w2 / 5)), ty)
+    return tx, ty
+
+
 def _arc_terms(xr, yr, q2, psi, s_q, series: bool | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """``(atan(e u), atanh(e v), e)`` with u = x'/(ψ + s_q), v = y'/(ψ + q² s_q).
 
@@ -126,17 +143,9 @@ def _arc_terms(xr, yr, q2, psi, s_q, series: bool | None = None) -> tuple[Tensor
     e = torch.sqrt(torch.clamp(e2, min=1e-12))
     inv_x = 1 / psi if s_q is None else 1 / (psi + s_q)
     inv_y = inv_x if s_q is None else 1 / (psi + q2 * s_q)
-    u, v = xr * inv_x, yr * inv_y
-    zy = v * e
-    tx = torch.atan(u * e)
-    ty = 0.5 * (torch.log1p(zy) - torch.log1p(-zy))  # atanh, vectorises under inductor
-    near = e2 < _SERIES_E2
     if series is None:
-        series = bool(near.any())
-    if series:
-        z2, w2 = e2 * u * u, e2 * v * v
-        tx = torch.where(near, e * u * (1 - z2 * (1.0 / 3.0 - z2 / 5)), tx)
-        ty = torch.where(near, e * v * (1 + w2 * (1.0 / 3.0 + w2 / 5)), ty)
+        series = bool((e2 < _SERIES_E2).any())
+    tx, ty = _arcs(xr * inv_x, yr * inv_y, e, e2, series)
     return tx, ty, e
 
 
@@ -268,16 +277,7 @@ def deflection_from_coefficients(
     else:
         inv = 1 / psi
         u, v = xr * inv, yr * inv
-    e = c["e"]
-    zy = v * e
-    tx = torch.atan(u * e)
-    ty = 0.5 * (torch.log1p(zy) - torch.log1p(-zy))  # atanh
-    if series:
-        e2 = c["e2"]
-        near = e2 < _SERIES_E2
-        z2, w2 = e2 * u * u, e2 * v * v
-        tx = torch.where(near, e * u * (1 - z2 * (1.0 / 3.0 - z2 / 5)), tx)
-        ty = torch.where(near, e * v * (1 + w2 * (1.0 / 3.0 + w2 / 5)), ty)
+    tx, ty = _arcs(u, v, c["e"], c["e2"], series)
     kcos, ksin = c["kcos"], c["ksin"]
     return tx * kcos - ty * ksin, tx * ksin + ty * kcos
 
