@@ -41,6 +41,7 @@ def trained(tmp_path_factory):
         app,
         [
             "train",
+            "generic",
             "toy-cnn",
             "--data",
             str(store),
@@ -60,13 +61,17 @@ def test_predict_and_evaluate_on_store(trained):
 
     root, store, model = trained
     out = root / "pred.fits"
-    res = runner.invoke(app, ["predict", str(store), "--model", str(model), "--out", str(out)])
+    res = runner.invoke(
+        app, ["predict", "generic", str(store), "--model", str(model), "--out", str(out)]
+    )
     assert res.exit_code == 0, res.output
     table = Table.read(out)
     assert len(table) == 192 and {"amplitude", "width"} <= set(table.colnames)
     assert np.isfinite(np.asarray(table["amplitude"])).all()
     metrics = root / "metrics.json"
-    res = runner.invoke(app, ["evaluate", str(store), "--model", str(model), "--out", str(metrics)])
+    res = runner.invoke(
+        app, ["evaluate", "generic", str(store), "--model", str(model), "--out", str(metrics)]
+    )
     assert res.exit_code == 0, res.output
     scores = json.loads(metrics.read_text())
     assert set(scores) == {"amplitude", "width"}
@@ -84,7 +89,9 @@ def test_predict_on_fits_cutouts(trained, tmp_path):
         write_image_fits(p, rng.normal(size=(16, 16)).astype(np.float32), pixel_scale=0.2)
         paths.append(str(p))
     out = tmp_path / "pred.fits"
-    res = runner.invoke(app, ["predict", *paths, "--model", str(model), "--out", str(out)])
+    res = runner.invoke(
+        app, ["predict", "generic", *paths, "--model", str(model), "--out", str(out)]
+    )
     assert res.exit_code == 0, res.output
     assert "3 predictions" in res.output
 
@@ -92,7 +99,7 @@ def test_predict_on_fits_cutouts(trained, tmp_path):
 def test_dump_config_round_trips():
     res = runner.invoke(app, ["simulate", "toy", "--dump-config"])
     assert res.exit_code == 0 and "size: 16" in res.output
-    res = runner.invoke(app, ["train", "toy-cnn", "--dump-config"])
+    res = runner.invoke(app, ["train", "generic", "toy-cnn", "--dump-config"])
     assert res.exit_code == 0 and "max_epochs:" in res.output and "optimizer:" in res.output
 
 
@@ -101,8 +108,11 @@ def test_dump_config_round_trips():
     [
         (["quickstart", "--seed", "7", "--pipelines", "gallery"], "- gallery"),
         (["bench", "physics", "--case", "fft"], "- fft"),
-        (["predict", "a.fits", "--batch-size", "8"], "batch_size: 8"),
-        (["evaluate", "store", "--device", "cpu"], "device: cpu"),
+        (["predict", "generic", "a.fits", "--batch-size", "8"], "batch_size: 8"),
+        (["predict", "clusters", "a.fits", "--batch-size", "8"], "batch_size: 8"),
+        (["evaluate", "generic", "store", "--device", "cpu"], "device: cpu"),
+        (["evaluate", "clusters", "store", "--seed", "3"], "seed: 3"),
+        (["train", "clusters", "vgg-small", "--epochs", "2"], "epochs: 2"),
     ],
 )
 def test_every_command_dumps_its_effective_config(args, key, tmp_path):
@@ -120,9 +130,9 @@ def test_every_command_dumps_its_effective_config(args, key, tmp_path):
     [
         (["simulate", "nogen", "--n", "4", "--out", "{tmp}/s"], "nogen"),
         (["simulate", "toy", "--n", "0", "--out", "{tmp}/s"], "n"),
-        (["train", "nonet", "--data", "{tmp}/missing"], "missing"),
-        (["predict", "{tmp}/none.fits", "--model", "{tmp}/nomodel"], "nomodel"),
-        (["evaluate", "{tmp}/nostore", "--model", "{tmp}/nomodel"], "nomodel"),
+        (["train", "generic", "nonet", "--data", "{tmp}/missing"], "missing"),
+        (["predict", "generic", "{tmp}/none.fits", "--model", "{tmp}/nomodel"], "nomodel"),
+        (["evaluate", "generic", "{tmp}/nostore", "--model", "{tmp}/nomodel"], "nomodel"),
     ],
 )
 def test_errors_exit_nonzero_with_one_message(tmp_path, args, message):
@@ -137,18 +147,25 @@ def test_bad_train_config_names_field(tmp_path, trained):
     _, store, _ = trained
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("max_epochs: many\n")
-    res = runner.invoke(app, ["train", "toy-cnn", "--data", str(store), "--config", str(cfg)])
+    res = runner.invoke(
+        app, ["train", "generic", "toy-cnn", "--data", str(store), "--config", str(cfg)]
+    )
     assert res.exit_code == 1 and "max_epochs" in res.output and str(cfg) in res.output
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate"])
-def test_unknown_pipeline_is_one_clear_error(command, tmp_path):
-    args = [command, "vgg-small"] if command == "train" else [command, str(tmp_path)]
-    res = runner.invoke(app, [*args, "--pipeline", "nope"])
-    assert res.exit_code == 1
-    assert "--pipeline must be 'generic' or 'clusters'" in res.output
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
+def test_unknown_pipeline_is_a_usage_error(command):
+    res = runner.invoke(app, [command, "nope", "x"])
+    assert res.exit_code == 2
+    assert "nope" in res.output and "Traceback" not in res.output
 
 
-def test_generic_evaluate_refuses_several_models(tmp_path):
-    res = runner.invoke(app, ["evaluate", str(tmp_path), "--model", "a", "--model", "b"])
-    assert res.exit_code == 1 and "exactly one --model" in res.output
+def test_cluster_predict_names_missing_shear_extensions(tmp_path):
+    from lensml.data.fits_io import write_image_fits
+
+    path = tmp_path / "cluster.fits"
+    write_image_fits(path, {"kappa": np.zeros((8, 8), np.float32)}, pixel_scale=1.0)
+    model = tmp_path / "model"
+    res = runner.invoke(app, ["predict", "clusters", str(path), "--model", str(model)])
+    assert res.exit_code == 1 and res.output.count("error:") == 1
+    assert "G1" in res.output and str(path) in res.output

@@ -150,3 +150,20 @@ def test_bad_input_nan_pixels(store, trained, tmp_path):
         evaluate_clusters(bad, [trained["model_dir"]], tmp_path / "e", print_table=False)
     with pytest.raises(ValueError, match="NaN or inf pixels"):
         ClusterMapDataset(bad, 64, "euclid")[2]
+
+
+def test_predict_from_fits_matches_predict_from_store(store, trained, tmp_path):
+    """`predict clusters` on the FITS files of a store gives the store's predictions."""
+    from lensml.data.fits_io import read_catalog
+    from lensml.pipelines.clusters import predict_clusters
+
+    run_simulate("clusters", 4, tmp_path / "s4", 3, config=SMALL, shard_size=4, progress=False,
+                 fits=True)  # fmt: skip
+    files = sorted((tmp_path / "s4").rglob("*.fits"))
+    assert len(files) == 4, files
+    a = predict_clusters(files, trained["model_dir"], tmp_path / "a.fits")
+    b = predict_clusters([tmp_path / "s4"], trained["model_dir"], tmp_path / "b.fits")
+    assert a["n"] == b["n"] == 4
+    ca, cb = read_catalog(tmp_path / "a.fits"), read_catalog(tmp_path / "b.fits")
+    for name in LABELS:
+        np.testing.assert_allclose(ca[name], cb[name], rtol=1e-5, atol=1e-5)

@@ -61,6 +61,8 @@ __all__ = [
     "evaluate_clusters",
     "format_tables",
     "inspect_cluster_store",
+    "predict_clusters",
+    "read_cluster_fits",
     "train_clusters",
 ]
 
@@ -810,3 +812,126 @@ def _cell(s: Mapping[str, Any]) -> str:
     if not s.get("n"):
         return "—"
     return f"{f(s['bias'])} / {f(s['sigma'])} / {f(s['rms'])}; {f(s['median_bias'])}"
+
+
+# ----------------------------------------------------------------------------- real data in
+def read_cluster_fits(paths: Sequence[str | Path]) -> tuple[Any, list[str], float | None]:
+    """Reduced-shear maps from cluster FITS files (the format ``simulate clusters --fits`` writes).
+
+    Parameters
+    ----------
+    paths : sequence of path
+        FITS files, each with image extensions ``G1`` and ``G2`` (reduced shear, same shape,
+        square).
+
+    Returns
+    -------
+    maps : Tensor
+        ``(N, 2, S, S)`` float32 (g1, g2).
+    sources : list of str
+        The file of each map.
+    pixel_scale : float or None
+        arcsec / pixel from the headers, when they carry one.
+
+    Raises
+    ------
+    ValueError
+        A file without the ``G1``/``G2`` extensions, maps that are not square or differ in
+        shape between files or between G1 and G2, or NaN/inf pixels (naming the file).
+    """
+    import torch
+
+    from lensml.data.fits_io import read_cutouts
+
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("no cluster FITS files given")
+    comps = []
+    for ext in ("G1", "G2"):
+        try:
+            comps.append(read_cutouts(paths, hdu=ext, pixel_scale=None, override=True))
+        except ValueError as err:
+            if ext.lower() in str(err).lower() or "extension" in str(err).lower():
+                raise ValueError(
+                    f"{err} (cluster inputs need the reduced-shear image extensions G1 and G2, "
+                    "as written by `lensml simulate clusters --fits`)"
+                ) from err
+            raise
+    g1, g2 = comps[0].images, comps[1].images
+    if g1.shape != g2.shape or g1.shape[-1] != g1.shape[-2]:
+        raise ValueError(
+            f"{paths[0]}: G1 {tuple(g1.shape[-2:])} and G2 {tuple(g2.shape[-2:])} must be "
+            "square maps of the same shape"
+        )
+    maps = torch.cat([g1, g2], dim=1)
+    for i, path in enumerate(paths):
+        if not torch.isfinite(maps[i]).all():
+            raise ValueError(f"{path}: the G1/G2 maps contain NaN or inf pixels")
+    return maps, [str(p) for p in paths], comps[0].pixel_scale
+
+
+def predict_clusters(
+    inputs: Sequence[str | Path],
+    model: str | Path,
+    out: str | Path,
+    batch_size: int = 64,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Cluster properties for real or simulated reduced-shear maps, written as a FITS catalogue.
+
+    Parameters
+    ----------
+    inputs : sequence of path
+        Cluster FITS files (:func:`read_cluster_fits`), or one ``clusters`` store directory.
+    model : path
+        Saved model directory of :func:`train_clusters`.
+    out : path
+        FITS catalogue (written atomically): ``index``, ``source`` and one column per label
+        (``log10_mvir`` in log10 M_sun/h, ``c_vir``, ``c_smooth``, ``n_sub``, ``f_smooth``).
+    batch_size : int
+        Maps per forward pass, >= 1.
+    device : str
+        Torch device.
+
+    Returns
+    -------
+    dict
+        ``{"n", "out", "columns"}``.
+
+    Raises
+    ------
+    ValueError
+        Bad inputs (see :func:`read_cluster_fits`), a map side that is not an integer multiple
+        of the model's input size, a model that does not predict the cluster labels.
+    """
+    import numpy as np
+
+    from lensml.data.fits_io import write_catalog
+    from lensml.train import load_model, predict
+
+    inputs = [Path(p) for p in inputs]
+    if len(inputs) == 1 and (inputs[0] / "manifest.json").is_file():
+        from lensml.data.store import open_store
+
+        info = inspect_cluster_store(inputs[0])
+        maps = open_store(info.root).read_all(keys=["image"])["image"]
+        import torch
+
+        maps = torch.as_tensor(np.asarray(maps), dtype=torch.float32)
+        sources = [f"{info.root}[{i}]" for i in range(maps.shape[0])]
+    else:
+        maps, sources, _ = read_cluster_fits(inputs)
+    net, minfo = load_model(model, device)
+    names = list(minfo.normalisation.label_names)
+    if any(k not in names for k in FIT_LABELS):
+        raise ValueError(f"model {model}: predicts {names}, not the cluster labels")
+    size = int((minfo.input_shape or [2, maps.shape[-1]])[-1])
+    factor = downsample_factor(maps.shape[-1], size, f"inputs for model {model}")
+    _check_finite(maps, "inputs")
+    pred = predict((net, minfo), block_mean(maps, factor), batch_size=batch_size, device=device)
+    pred = pred.numpy()
+    columns: dict[str, Any] = {"index": np.arange(pred.shape[0]), "source": np.array(sources)}
+    for j, name in enumerate(names):
+        columns[name] = pred[:, j]
+    write_catalog(out, columns)
+    return {"n": int(pred.shape[0]), "out": str(out), "columns": list(columns)}

@@ -1,0 +1,154 @@
+"""``lensml train|evaluate|predict clusters``: the cluster weak-lensing pipeline.
+
+Training adds survey shape noise to the noiseless maps at load time; evaluation scores CNN(s)
+and the NFW tangential-shear fit on the same noisy maps per mass bin (the paper's Tables 2–3);
+prediction reads cluster FITS files with ``G1``/``G2`` extensions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lensml.commands.common import (
+    DUMP_HELP,
+    USER_ERRORS,
+    dump_options,
+    fail,
+    load_registries,
+    read_mapping,
+)
+
+__all__ = ["evaluate", "predict", "train"]
+
+_NOISE_HELP = "Survey shape-noise preset (euclid, lsst, lsst-y1, roman) or none."
+
+
+def _noise(noise: str) -> str | None:
+    return None if noise.lower() == "none" else noise
+
+
+def train(
+    network: Annotated[
+        str, typer.Argument(help="Cluster network: vgg19, vgg22, inception-v4, vgg-small, ...")
+    ] = "vgg-small",
+    data: Annotated[Path, typer.Option(help="Store written by `lensml simulate clusters`.")] = Path(
+        "lensml-data"
+    ),
+    out: Annotated[Path, typer.Option(help="Run directory (checkpoints, metrics, model/).")] = Path(
+        "lensml-clusters-run"
+    ),
+    config: Annotated[Path | None, typer.Option(help="Training config overrides (YAML).")] = None,
+    network_config: Annotated[Path | None, typer.Option(help="Network config (YAML).")] = None,
+    noise: Annotated[str, typer.Option(help=_NOISE_HELP)] = "euclid",
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 60,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT's last checkpoint.")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:K, auto.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    dump_config: Annotated[bool, typer.Option(help=DUMP_HELP)] = False,
+) -> None:
+    """Train a cluster CNN (MSE on normalised labels, AdamW, step decay, early stopping)."""
+    options = {
+        "network": network, "data": data, "out": out, "config": config,
+        "network_config": network_config, "noise": noise, "epochs": epochs, "resume": resume,
+        "device": device,
+    }  # fmt: skip
+    if dump_config:
+        dump_options(options)
+        return
+    try:
+        load_registries()
+        from lensml.pipelines.clusters import train_clusters
+
+        result = train_clusters(
+            data,
+            network,
+            out,
+            noise=_noise(noise),
+            epochs=epochs,
+            device=device,
+            resume=resume,
+            progress=progress,
+            network_config=read_mapping(network_config, "network config") or None,
+            train_overrides=read_mapping(config, "training config") or None,
+        )
+    except USER_ERRORS as err:
+        fail(err)
+    typer.echo(f"trained {network!r} on clusters: model in {result.get('model_dir')}")
+
+
+def evaluate(
+    data: Annotated[Path, typer.Argument(help="Held-out clusters store (noiseless maps).")],
+    model: Annotated[
+        list[Path] | None, typer.Option(help="Saved model directory (repeatable).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Output directory (JSON, tables, PNGs).")] = Path(
+        "lensml-clusters-eval"
+    ),
+    noise: Annotated[str, typer.Option(help=_NOISE_HELP)] = "euclid",
+    include_noiseless: Annotated[
+        bool, typer.Option(help="Also evaluate on the noiseless maps.")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the noise realisation.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Maps per forward pass.")] = 256,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:K.")] = "cpu",
+    dump_config: Annotated[bool, typer.Option(help=DUMP_HELP)] = False,
+) -> None:
+    """CNN(s) and the NFW tangential-shear fit on the same maps: bias, σ, RMS per mass bin."""
+    models = list(model) if model else []
+    options = {
+        "data": data, "model": models, "out": out, "noise": noise,
+        "include_noiseless": include_noiseless, "seed": seed, "batch_size": batch_size,
+        "device": device,
+    }  # fmt: skip
+    if dump_config:
+        dump_options(options)
+        return
+    try:
+        load_registries()
+        from lensml.pipelines.clusters import evaluate_clusters
+
+        evaluate_clusters(
+            data,
+            models,
+            out,
+            noise=_noise(noise),
+            seed=seed,
+            device=device,
+            batch_size=batch_size,
+            include_noiseless=include_noiseless,
+        )
+    except USER_ERRORS as err:
+        fail(err)
+    typer.echo(f"clusters evaluation → {out.resolve()}")
+
+
+def predict(
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Cluster FITS files (G1, G2 extensions) or a store.")
+    ],
+    model: Annotated[Path, typer.Option(help="Saved model directory.")] = Path(
+        "lensml-clusters-run/model"
+    ),
+    out: Annotated[Path, typer.Option(help="Output FITS catalogue.")] = Path("clusters.fits"),
+    batch_size: Annotated[int, typer.Option(help="Maps per forward pass.")] = 64,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:K.")] = "cpu",
+    dump_config: Annotated[bool, typer.Option(help=DUMP_HELP)] = False,
+) -> None:
+    """Virial mass, concentrations, N_sub and f_smooth of each cluster → FITS catalogue."""
+    options = {
+        "inputs": inputs, "model": model, "out": out, "batch_size": batch_size, "device": device
+    }  # fmt: skip
+    if dump_config:
+        dump_options(options)
+        return
+    try:
+        load_registries()
+        from lensml.pipelines.clusters import predict_clusters
+
+        result = predict_clusters(inputs, model, out, batch_size=batch_size, device=device)
+    except USER_ERRORS as err:
+        fail(err)
+    typer.echo(f"{result['n']} clusters → {Path(out).resolve()}")
