@@ -167,3 +167,26 @@ def test_predict_from_fits_matches_predict_from_store(store, trained, tmp_path):
     ca, cb = read_catalog(tmp_path / "a.fits"), read_catalog(tmp_path / "b.fits")
     for name in LABELS:
         np.testing.assert_allclose(ca[name], cb[name], rtol=1e-5, atol=1e-5)
+
+
+def test_log_concentration_labels_round_trip(store):
+    from lensml.pipelines.clusters import decode_predictions, training_label_names
+
+    lin = ClusterMapDataset(store, noise=None)
+    log = ClusterMapDataset(store, noise=None, log_concentration=True)
+    assert log.label_names == training_label_names(True)
+    assert log.label_names[1:3] == ["log10_c_vir", "log10_c_smooth"]
+    a, b = lin[3]["labels"].numpy(), log[3]["labels"].numpy()
+    np.testing.assert_allclose(b[1:3], np.log10(a[1:3]), rtol=1e-6)
+    np.testing.assert_array_equal(b[[0, 3, 4]], a[[0, 3, 4]])
+    dec, names = decode_predictions(b[None].astype(float), log.label_names)
+    assert names == list(LABELS)
+    np.testing.assert_allclose(dec[0], a, rtol=1e-5)
+
+
+def test_trained_model_learns_log_concentration_and_reports_c(trained):
+    import json as _json
+    from pathlib import Path
+
+    norm = _json.loads((Path(trained["model_dir"]) / "normalisation.json").read_text())
+    assert "log10_c_vir" in norm["label_names"]

@@ -52,10 +52,12 @@ import numpy as np
 __all__ = [
     "FIT_NAME",
     "LABELS",
+    "LOG_LABELS",
     "ClusterMapDataset",
     "ClusterStoreInfo",
     "binned_error_stats",
     "block_mean",
+    "decode_predictions",
     "downsample_factor",
     "error_stats",
     "evaluate_clusters",
@@ -64,10 +66,14 @@ __all__ = [
     "predict_clusters",
     "read_cluster_fits",
     "train_clusters",
+    "training_label_names",
 ]
 
 #: Label columns of the ``clusters`` generator (see :mod:`lensml.sims.clusters`).
 LABELS = ("log10_mvir", "c_vir", "c_smooth", "n_sub", "f_smooth")
+#: Labels a network may learn as log10 (``log_concentration=True``): MSE on log10 c targets the
+#: conditional mean of log10 c, i.e. the median of the log-normal c, instead of its mean.
+LOG_LABELS = ("c_vir", "c_smooth")
 #: Registry name of the baseline evaluated next to the CNNs.
 FIT_NAME = "nfw-tangential-fit"
 #: Labels the NFW fit estimates.
@@ -225,6 +231,9 @@ class ClusterMapDataset:
     fixed_epoch : bool
         Keep the noise of epoch 0 forever (validation sets); otherwise :meth:`set_epoch`
         changes the draws.
+    log_concentration : bool
+        Return log10 of the :data:`LOG_LABELS` columns (names in :attr:`label_names` get a
+        ``log10_`` prefix).
     """
 
     def __init__(
@@ -235,6 +244,7 @@ class ClusterMapDataset:
         seed: int = 0,
         indices: Sequence[int] | None = None,
         fixed_epoch: bool = False,
+        log_concentration: bool = False,
     ) -> None:
         from lensml.data.datasets import StoreDataset
 
@@ -249,7 +259,9 @@ class ClusterMapDataset:
         self.epoch = 0
         self.fixed_epoch = bool(fixed_epoch)
         self.indices = list(range(self.info.n)) if indices is None else [int(i) for i in indices]
-        self.label_names = list(LABELS)
+        self.log_concentration = bool(log_concentration)
+        self.label_names = training_label_names(self.log_concentration)
+        self._log_cols = [LABELS.index(k) for k in LOG_LABELS] if self.log_concentration else []
         self._store = StoreDataset(self.info.root, keys=["image", "labels"])
 
     def set_epoch(self, epoch: int) -> None:
@@ -261,6 +273,8 @@ class ClusterMapDataset:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        import torch
+
         from lensml.data.datasets import item_generator
 
         index = self.indices[int(i)]
@@ -269,7 +283,30 @@ class ClusterMapDataset:
         _check_finite(image, f"data_dir {self.info.root}", index)
         if self.noise is not None:
             image = self.noise(image, None, item_generator(self.seed, self.epoch, index))[0]
-        return {"image": image, "labels": sample["labels"].float()}
+        labels = sample["labels"].float().clone()
+        if self._log_cols:
+            labels[self._log_cols] = torch.log10(labels[self._log_cols].clamp_min(1e-3))
+        return {"image": image, "labels": labels}
+
+
+def training_label_names(log_concentration: bool) -> list[str]:
+    """The label columns a cluster network learns (``log10_c_vir``... when log)."""
+    return [f"log10_{k}" if log_concentration and k in LOG_LABELS else k for k in LABELS]
+
+
+def decode_predictions(pred: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Undo :func:`training_label_names`: ``log10_c_vir`` → ``c_vir = 10**x`` (other columns
+    unchanged); returns the predictions and their label names."""
+    pred = np.array(pred, dtype=float, copy=True)
+    out = []
+    for j, name in enumerate(names):
+        base = name[len("log10_") :] if name.startswith("log10_") else None
+        if base in LOG_LABELS:
+            pred[:, j] = 10.0 ** pred[:, j]
+            out.append(base)
+        else:
+            out.append(name)
+    return pred, out
 
 
 def _shape_noise(noise: str | None, pixel_scale: float) -> Any:
@@ -317,6 +354,7 @@ def train_clusters(
     resume: bool = False,
     progress: bool = True,
     train_overrides: Mapping[str, Any] | None = None,
+    log_concentration: bool = True,
 ) -> dict[str, Any]:
     """Train a cluster CNN on a ``clusters`` store with training-time shape noise.
 
@@ -353,6 +391,11 @@ def train_clusters(
         Passed to :func:`lensml.train.fit`.
     train_overrides : mapping, optional
         Extra :class:`lensml.train.TrainConfig` fields (merged last).
+    log_concentration : bool
+        Learn log10 c_vir and log10 c_smooth (default; predictions are converted back by
+        :func:`decode_predictions`). The MSE then targets the median of the log-normal
+        concentrations rather than their mean, which removes most of the CNN's median bias in
+        c; False trains on c itself as the paper does.
 
     Returns
     -------
@@ -380,8 +423,13 @@ def train_clusters(
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) + 104729))
     n_val = max(1, round(n * val_fraction))
     val_idx, train_idx = perm[:n_val].tolist(), perm[n_val:].tolist()
-    train_ds = ClusterMapDataset(info.root, input_size, noise, seed, train_idx)
-    val_ds = ClusterMapDataset(info.root, input_size, noise, seed + 1, val_idx, fixed_epoch=True)
+    log_c = bool(log_concentration)
+    train_ds = ClusterMapDataset(
+        info.root, input_size, noise, seed, train_idx, log_concentration=log_c
+    )
+    val_ds = ClusterMapDataset(
+        info.root, input_size, noise, seed + 1, val_idx, fixed_epoch=True, log_concentration=log_c
+    )
     config: dict[str, Any] = {
         "max_epochs": epochs,
         "batch_size": batch_size,
@@ -410,7 +458,7 @@ def train_clusters(
         resume=resume,
         device=device,
         progress=progress,
-        label_names=list(LABELS),
+        label_names=train_ds.label_names,
         callbacks=[_epoch_callback(train_ds)],
     )
     seconds = time.perf_counter() - t0
@@ -544,8 +592,10 @@ def evaluate_clusters(
         Saved model directories of :func:`train_clusters` (may be empty: fit only). Each
         model's input size decides its block-mean factor (:func:`downsample_factor`).
     out_dir : path
-        Output directory (created): ``clusters_eval.json``, ``density_<method>_<cond>.png``
-        and ``distributions_<cond>.png``; every file is written atomically.
+        Output directory (created): ``clusters_eval.json``, ``density_<method>_<cond>.png``,
+        ``distributions_<cond>.png`` and ``predictions_<cond>.npz`` (the true labels as
+        ``truth`` (N, 5) and each method's columns as ``<method>/<label>``, for bootstrap
+        errors and custom plots); every file is written atomically.
     noise : str or None
         Survey preset of the noisy condition (``"euclid"``, ``"lsst"``, ``"roman"``...), or
         None to evaluate on noiseless maps only.
@@ -604,7 +654,7 @@ def evaluate_clusters(
     loaded = []
     for path in models:
         net, minfo = load_model(path, device)
-        names = list(minfo.normalisation.label_names)
+        names = _decoded_names(minfo.normalisation.label_names)
         missing = [k for k in FIT_LABELS if k not in names]
         if missing:
             raise ValueError(f"model {path}: predicts {names}, not the cluster labels {missing}")
@@ -613,7 +663,7 @@ def evaluate_clusters(
         label = f"cnn:{minfo.network or Path(path).name}"
         while any(label == m[0] for m in loaded):
             label += "'"
-        loaded.append((label, (net, minfo), factor, names))
+        loaded.append((label, (net, minfo), factor, list(minfo.normalisation.label_names)))
 
     conditions: list[str | None] = []
     if noise is None or include_noiseless:
@@ -651,7 +701,7 @@ def evaluate_clusters(
         shape_noise = _shape_noise(cond, info.pixel_scale)
         # the fit weights bins by σ; noiseless maps get the Euclid σ as a nominal weight
         fit_sigma = (shape_noise or _shape_noise("euclid", info.pixel_scale)).sigma
-        methods = {m[0]: _Method(m[0], m[3], []) for m in loaded}
+        methods = {m[0]: _Method(m[0], _decoded_names(m[3]), []) for m in loaded}
         fit_method = _Method(FIT_NAME, list(FIT_LABELS), []) if fit is not None else None
         truths, converged = [], []
         offset = 0
@@ -670,11 +720,11 @@ def evaluate_clusters(
                     ]
                 )
             truths.append(np.asarray(data["labels"][:take], dtype=float))
-            for label, model, factor, _ in loaded:
+            for label, model, factor, names in loaded:
                 t0 = time.perf_counter()
                 p = predict(model, block_mean(g, factor), batch_size=batch_size, device=device)
                 methods[label].seconds += time.perf_counter() - t0
-                methods[label].pred.append(p.numpy().astype(float))
+                methods[label].pred.append(decode_predictions(p.numpy()[:, : len(names)], names)[0])
             if fit_method is not None:
                 z_l = np.asarray(data.get("z_l", np.full(count, info.z_lens)))[:take]
                 z_s = np.asarray(data.get("z_s", np.full(count, info.z_source)))[:take]
@@ -714,6 +764,7 @@ def evaluate_clusters(
             cond_out["medians"][m.name] = {k: float(np.nanmedian(v)) for k, v in cols.items()}
         if plots:
             result["figures"] += _write_figures(out_dir, cond_name, truth, preds)
+        _write_predictions(out_dir / f"predictions_{cond_name}.npz", truth, preds)
         result["conditions"][cond_name] = cond_out
     json_path = out_dir / "clusters_eval.json"
     result["json"] = str(json_path)
@@ -725,6 +776,24 @@ def evaluate_clusters(
         for table in format_tables(result):
             console.print(table)
     return result
+
+
+def _write_predictions(path: Path, truth: np.ndarray, preds: Mapping[str, Any]) -> None:
+    import io
+
+    arrays = {"truth": truth, "labels": np.array(LABELS)}
+    for method, cols in preds.items():
+        for name, col in cols.items():
+            arrays[f"{method}/{name}"] = np.asarray(col)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(path)
+
+
+def _decoded_names(names: Sequence[str]) -> list[str]:
+    return decode_predictions(np.zeros((0, len(names))), list(names))[1]
 
 
 def _safe_name(name: str) -> str:
@@ -922,14 +991,15 @@ def predict_clusters(
     else:
         maps, sources, _ = read_cluster_fits(inputs)
     net, minfo = load_model(model, device)
-    names = list(minfo.normalisation.label_names)
+    learned = list(minfo.normalisation.label_names)
+    names = _decoded_names(learned)
     if any(k not in names for k in FIT_LABELS):
-        raise ValueError(f"model {model}: predicts {names}, not the cluster labels")
+        raise ValueError(f"model {model}: predicts {learned}, not the cluster labels")
     size = int((minfo.input_shape or [2, maps.shape[-1]])[-1])
     factor = downsample_factor(maps.shape[-1], size, f"inputs for model {model}")
     _check_finite(maps, "inputs")
     pred = predict((net, minfo), block_mean(maps, factor), batch_size=batch_size, device=device)
-    pred = pred.numpy()
+    pred = decode_predictions(pred.numpy()[:, : len(learned)], learned)[0]
     columns: dict[str, Any] = {"index": np.arange(pred.shape[0]), "source": np.array(sources)}
     for j, name in enumerate(names):
         columns[name] = pred[:, j]
