@@ -10,10 +10,16 @@ Cluster regressors (the cluster weak-lensing paper): ``vgg19``, ``vgg22``, ``vgg
 (:mod:`lensml.nets.vgg`), ``inception-v4``, ``inception-resnet-v2``, ``inception-small``,
 ``inception-resnet-small`` (:mod:`lensml.nets.inception`); shared blocks in
 :mod:`lensml.nets.blocks`.
+
+Sérsic regressors (GaLNet paper): ``galnet-1`` (image), ``galnet-2`` (image + PSF packed as a
+second channel), ``galnet-1-small``, ``galnet-2-small`` (:mod:`lensml.nets.galnet`; label
+encoding in :mod:`lensml.nets.sersic_labels`). Shear estimators (CLASH shear paper):
+``shear-cnn`` (the paper's six layers, 107,866 parameters) and ``shear-resnet``
+(:mod:`lensml.nets.shear_cnn`).
 """
 
 from __future__ import annotations
 
-from lensml.nets import blocks, inception, vgg
+from lensml.nets import blocks, galnet, inception, sersic_labels, shear_cnn, vgg
 
-__all__ = ["blocks", "inception", "vgg"]
+__all__ = ["blocks", "galnet", "inception", "sersic_labels", "shear_cnn", "vgg"]
