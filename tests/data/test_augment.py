@@ -192,3 +192,19 @@ def test_for_samples_adapter():
     sample = {"image": render(labels_batch())[0].float(), "labels": lab, "meta": torch.tensor(1)}
     out = fn(sample, torch.Generator().manual_seed(0))
     assert set(out) == {"image", "labels", "meta"} and out["image"].shape == (1, N, N)
+
+
+def test_angle_deg_labels_follow_the_radian_rule():
+    """``angle_deg`` (the sersic generator's PA in degrees) transforms like ``angle``."""
+    rad = LabelRules(("pa",), {"pa": "angle"})
+    deg = LabelRules(("pa",), {"pa": "angle_deg"})
+    img = torch.zeros(5, 1, 8, 8)
+    phi = torch.tensor([[0.1], [0.7], [1.5], [2.2], [3.0]], dtype=torch.float64)
+    for axis in ("x", "y"):
+        _, a = flip(img, phi, rad, axis=axis)
+        _, b = flip(img, torch.rad2deg(phi), deg, axis=axis)
+        torch.testing.assert_close(torch.rad2deg(a), b)
+    for k in range(4):
+        _, a = rot90(img, phi, rad, k)
+        _, b = rot90(img, torch.rad2deg(phi), deg, k)
+        torch.testing.assert_close(torch.rad2deg(a), b)

@@ -18,6 +18,8 @@ Label kinds (:class:`LabelRules`)
     Position angle φ (radians, counter-clockwise from +x, defined modulo
     ``angle_period``, π for an ellipse): rotation φ → φ + θ; mirror x → −x:
     φ → π − φ; mirror y → −y: φ → −φ; all modulo the period.
+``"angle_deg"``
+    The same in degrees (period ``degrees(angle_period)``, 180° for an ellipse).
 ``"position"``
     Pairs (x0, y0) relative to the image centre in label units of
     ``position_scale`` per pixel (e.g. arcsec with the pixel scale): they rotate,
@@ -69,7 +71,7 @@ __all__ = [
     "shift",
 ]
 
-KINDS = ("scalar", "spin2", "angle", "position", "size", "flux")
+KINDS = ("scalar", "spin2", "angle", "angle_deg", "position", "size", "flux")
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,9 @@ def flip(
         for i in rules.indices("angle"):
             phi = (math.pi - labels[:, i]) if axis == "x" else -labels[:, i]
             new[:, i] = torch.remainder(phi, rules.angle_period)
+        for i in rules.indices("angle_deg"):
+            phi = (180.0 - labels[:, i]) if axis == "x" else -labels[:, i]
+            new[:, i] = torch.remainder(phi, math.degrees(rules.angle_period))
         for a, b in rules.pairs("position"):
             c = a if axis == "x" else b
             new[:, c] = -labels[:, c]
@@ -248,6 +253,10 @@ def rot90(
         for i in rules.indices("angle"):
             new[:, i] = torch.remainder(
                 lab[:, i] + kk.to(lab.dtype) * (math.pi / 2), rules.angle_period
+            )
+        for i in rules.indices("angle_deg"):
+            new[:, i] = torch.remainder(
+                lab[:, i] + kk.to(lab.dtype) * 90.0, math.degrees(rules.angle_period)
             )
         for a, c in rules.pairs("position"):
             new[:, a] = cos_t * lab[:, a] - sin_t * lab[:, c]
