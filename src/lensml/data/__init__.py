@@ -9,6 +9,7 @@ Submodules (imported on first use, so ``import lensml.data`` stays light):
 * :mod:`lensml.data.augment` — seeded flips, 90° rotations, shifts and rescaling
   with label rules (spin-2, angles, positions, sizes).
 * :mod:`lensml.data.runner` — :func:`run_simulate`, the engine of ``lensml simulate``.
+* :mod:`lensml.data.cutouts` — source catalogues (x/y or RA/Dec) and stamp cutting with flags.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ _EXPORTS = {
     "LabelRules": "lensml.data.augment",
     "Compose": "lensml.data.augment",
     "run_simulate": "lensml.data.runner",
+    "cut_stamps": "lensml.data.cutouts",
+    "read_source_catalog": "lensml.data.cutouts",
+    "read_image_with_wcs": "lensml.data.cutouts",
+    "CatalogError": "lensml.data.cutouts",
     "SimulateError": "lensml.data.runner",
 }
 

@@ -91,7 +91,14 @@ class FitsError(ValueError):
 # --------------------------------------------------------------------------- helpers
 
 
-def _atomic_writeto(hdul: Any, path: Path, overwrite: bool) -> Path:
+def write_hdulist_atomic(hdul: Any, path: Path, overwrite: bool = True) -> Path:
+    """Write an astropy ``HDUList`` to ``path`` atomically (temporary file + rename).
+
+    Raises
+    ------
+    FitsError
+        ``path`` exists and ``overwrite`` is false, is a directory, or its directory is missing.
+    """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FitsError(f"{path} exists; pass overwrite=True to replace it")
@@ -258,7 +265,7 @@ def write_image_fits(
         if pixel_scale is not None:
             for key, card in _wcs_cards(a.shape, float(pixel_scale), center_radec).items():
                 target.header[key] = card
-    return _atomic_writeto(fits.HDUList(hdus), path, overwrite)
+    return write_hdulist_atomic(fits.HDUList(hdus), path, overwrite)
 
 
 def _to_numpy(arr: Any) -> np.ndarray:
@@ -307,7 +314,7 @@ def write_catalog(
         table[name].unit = unit
     hdu = fits.table_to_hdu(table)
     hdu.name = "CATALOG"
-    return _atomic_writeto(fits.HDUList([fits.PrimaryHDU(), hdu]), Path(path), overwrite)
+    return write_hdulist_atomic(fits.HDUList([fits.PrimaryHDU(), hdu]), Path(path), overwrite)
 
 
 def read_catalog(path: PathLike, hdu: int | str = 1) -> Table:

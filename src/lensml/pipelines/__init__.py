@@ -3,6 +3,10 @@
 * :mod:`lensml.pipelines.clusters` — cluster weak lensing (the cluster CNN paper):
   :func:`~lensml.pipelines.clusters.train_clusters` and
   :func:`~lensml.pipelines.clusters.evaluate_clusters`.
+* :mod:`lensml.pipelines.shear_calibration` — the CNN shear estimator's post-training steps
+  (last-layer refit, symmetrisation, affine m/c calibration) and the Table-4 metrics.
+* :mod:`lensml.pipelines.shear_fields` — smoothed shear-field maps, bootstrap errors, the
+  field/source scatter decomposition and whisker plots.
 
 Submodules are imported on first use (no torch at ``import lensml.pipelines``).
 """
@@ -15,6 +19,15 @@ from typing import Any
 _EXPORTS = {
     "train_clusters": "lensml.pipelines.clusters",
     "evaluate_clusters": "lensml.pipelines.clusters",
+    "predict_clusters": "lensml.pipelines.clusters",
+    "fit_affine": "lensml.pipelines.shear_calibration",
+    "symmetrise": "lensml.pipelines.shear_calibration",
+    "shear_metrics": "lensml.pipelines.shear_calibration",
+    "smooth_shear_field": "lensml.pipelines.shear_fields",
+    "bootstrap_field_errors": "lensml.pipelines.shear_fields",
+    "scatter_decomposition": "lensml.pipelines.shear_fields",
+    "plot_whiskers": "lensml.pipelines.shear_fields",
+    "write_field_fits": "lensml.pipelines.shear_fields",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -850,7 +850,7 @@ def write_field_fits(
     from astropy.io import fits
 
     from lensml import __version__
-    from lensml.data.fits_io import _atomic_writeto
+    from lensml.data.fits_io import write_hdulist_atomic
 
     if not isinstance(field, ShearField):
         raise ValueError(f"'field' must be a ShearField, got {type(field).__name__}")
@@ -872,4 +872,4 @@ def write_field_fits(
         for key, card in cards.items():
             hdu.header[key] = card
         hdus.append(hdu)
-    return _atomic_writeto(fits.HDUList(hdus), Path(path), overwrite)
+    return write_hdulist_atomic(fits.HDUList(hdus), Path(path), overwrite)
