@@ -155,3 +155,32 @@ def test_bad_input(kwargs, name):
     }
     with pytest.raises(ValueError, match=name):
         render_sersic_stamps(GRID, **{**base, **kwargs})
+
+
+def test_scalar_galaxy_with_batched_psf_broadcasts():
+    import torch
+
+    from lensml.physics.grids import PixelGrid
+    from lensml.physics.stamps import render_sersic_stamps
+
+    grid = PixelGrid.square(31, 0.2)
+    fwhm = torch.tensor([0.6, 0.8], dtype=torch.float64)
+    both = render_sersic_stamps(grid, 0.5, 1.0, 0.8, 0.3, flux=1.0, dtype=torch.float64,
+                                psf={"kind": "moffat", "fwhm": fwhm, "beta": 3.0})  # fmt: skip
+    assert both.shape == (2, 1, 31, 31)
+    for i in range(2):
+        psf = {"kind": "moffat", "fwhm": float(fwhm[i]), "beta": 3.0}
+        one = render_sersic_stamps(grid, 0.5, 1.0, 0.8, 0.3, flux=1.0, dtype=torch.float64,
+                                   psf=psf)  # fmt: skip
+        torch.testing.assert_close(both[i], one[0], atol=1e-6, rtol=0)
+
+
+def test_unresolved_psf_is_refused():
+    import pytest
+
+    from lensml.physics.grids import PixelGrid
+    from lensml.physics.stamps import render_sersic_stamps
+
+    with pytest.raises(ValueError, match="unresolved"):
+        render_sersic_stamps(PixelGrid.square(31, 0.2), 0.5, 1.0, 0.8, 0.3, flux=1.0,
+                             psf={"kind": "gaussian", "fwhm": 0.02})  # fmt: skip
