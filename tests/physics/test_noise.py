@@ -20,9 +20,10 @@ from lensml.physics.noise import (
     shape_noise_sigma,
     sky_gradient,
 )
+from lensml.resources import cosmos_file
 
 F64 = torch.float64
-COSMOS_CF = Path("/work/shared/data/cosmos/acs_I_unrot_sci_20_cf.fits")
+COSMOS_CF = Path(cosmos_file("noise_cf"))
 
 
 def gen(seed=0):

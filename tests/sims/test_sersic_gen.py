@@ -435,5 +435,5 @@ def test_label_kinds_name_positions_sizes_and_the_degree_angle():
     names = tuple(GEN.label_names(cfg()))
     rules = LabelRules(names, {k: v for k, v in kinds.items() if k != "pa"}, position_scale=0.2)
     assert rules.pairs("position") == [(0, 1)]
-    with pytest.raises(ValueError, match="unknown kind"):  # radians-only augment: loud, not wrong
-        LabelRules(names, kinds)
+    rules = LabelRules(names, kinds, position_scale=0.2)  # augment knows degree angles
+    assert rules.indices("angle_deg") == [names.index("pa")]

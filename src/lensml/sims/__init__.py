@@ -2,7 +2,8 @@
 
 Importing this package registers the built-in generators in
 :data:`lensml.registry.GENERATORS` (``"toy"`` for tests and docs, ``"clusters"`` the
-MOKA-like cluster weak-lensing generator, ``"sersic"`` the GaLNet mock galaxies);
+MOKA-like cluster weak-lensing generator, ``"sersic"`` the GaLNet mock galaxies, ``"shear"`` the CLASH-like
+shear stamps);
 pipeline packages register their own when imported.
 
 See :mod:`lensml.sims.base` for the interface every generator follows.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from lensml.sims import clusters as _clusters  # noqa: F401  (registers "clusters")
 from lensml.sims import sersic as _sersic  # noqa: F401  (registers "sersic")
+from lensml.sims import shear as _shear  # noqa: F401  (registers "shear")
 from lensml.sims import toy as _toy  # noqa: F401  (registers "toy")
 from lensml.sims.base import (
     ConfigError,

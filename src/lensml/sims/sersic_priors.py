@@ -68,10 +68,10 @@ LABELS = ("x", "y", "mag", "r_eff", "q", "pa", "n")
 #: Pixel scale of the COSMOS fits' radii, arcsec.
 COSMOS_PIXEL_SCALE = 0.03
 _COSMOS_NAME = "real_galaxy_catalog_23.5_example_fits.fits"
-#: Where the COSMOS fits are looked for when ``cosmos_catalog`` is not set (first existing).
+#: Where the COSMOS fits are looked for when ``cosmos_catalog`` is not set: the copy shipped
+#: with lensml (or ``LENSML_COSMOS_DIR``), see :func:`lensml.resources.cosmos_dir`.
 DEFAULT_COSMOS_CATALOGS = (
-    Path("shared/data/cosmos") / _COSMOS_NAME,
-    Path("/work/shared/data/cosmos") / _COSMOS_NAME,
+    Path(__file__).resolve().parents[1] / "resources" / "cosmos" / _COSMOS_NAME,
 )
 _F64 = torch.float64
 

@@ -154,10 +154,12 @@ class LossConfig(ConfigModel):
     """Training loss on normalised labels.
 
     ``gaussian_nll`` expects the network to output ``2 L`` numbers per sample: ``L`` means
-    followed by ``L`` log-variances (normalised units).
+    followed by ``L`` log-variances (normalised units). ``huber_nll`` takes the same output:
+    Huber (``delta``) on the means, Gaussian NLL on the log-variances with the means held
+    fixed (see :func:`lensml.train.module.compute_loss`).
     """
 
-    name: Literal["mse", "huber", "gaussian_nll"] = "mse"
+    name: Literal["mse", "huber", "gaussian_nll", "huber_nll"] = "mse"
     delta: float = Field(1.0, gt=0)
 
     @field_validator("name", mode="before")

@@ -81,14 +81,20 @@ def _unwrap_attr(dataset: Any, name: str) -> Any:
     return None
 
 
-def _first_input_shape(dataset: Any, input_key: str, target_key: str) -> list[int]:
+def _first_input_shape(
+    dataset: Any, input_key: str, target_key: str, own_objective: bool = False
+) -> list[int]:
     import torch
 
     from lensml.train.loaders import split_sample
 
     if len(dataset) == 0:
         raise ValueError("train_data is empty")
-    x, y = split_sample(dataset[0], input_key, target_key)
+    sample = dataset[0]
+    if own_objective:  # the network's training_loss reads the batch; only the input is ours
+        x = sample[input_key] if isinstance(sample, Mapping) else sample[0]
+        return list(torch.as_tensor(x).shape)
+    x, y = split_sample(sample, input_key, target_key)
     torch.as_tensor(y)  # fail early on non-numeric targets
     return list(torch.as_tensor(x).shape)
 
@@ -251,7 +257,8 @@ def fit(
     # --- data ----------------------------------------------------------------------
     if val_data is None and cfg.val_fraction > 0:
         train_data, val_data = split_train_val(train_data, cfg.val_fraction, cfg.seed)
-    input_shape = _first_input_shape(train_data, cfg.input_key, cfg.target_key)
+    own_objective = callable(getattr(model, "training_loss", None))
+    input_shape = _first_input_shape(train_data, cfg.input_key, cfg.target_key, own_objective)
     names = (
         list(label_names) if label_names is not None else _unwrap_attr(train_data, "label_names")
     )
@@ -272,6 +279,9 @@ def fit(
         norm = normalisation
     elif isinstance(normalisation, Mapping):
         norm = Normalisation.from_dict(dict(normalisation), "normalisation")
+    elif own_objective:
+        names = list(names or getattr(model, "label_names", None) or [])
+        norm = Normalisation.identity(len(names), names)
     elif cfg.normalise_labels:
         norm = compute_normalisation(train_data, cfg.input_key, cfg.target_key, names)
     else:

@@ -4,7 +4,9 @@ Imported only by :func:`lensml.train.engine.fit` (it imports Lightning at module
 
 What it adds to a plain ``nn.Module``:
 
-* the loss on normalised targets (``mse``, ``huber``, ``gaussian_nll``);
+* the loss on normalised targets (``mse``, ``huber``, ``gaussian_nll``, ``huber_nll``), or the
+  network's own objective when it defines ``training_loss(batch) -> scalar Tensor`` (models
+  whose loss is not a function of one output and one target, such as a RIM);
 * the learning-rate schedule of :mod:`lensml.train.optim`, applied before every step and logged
   as ``lr``;
 * an EMA copy of the weights (:class:`lensml.train.ema.EMAWeights`) updated after every
@@ -48,7 +50,13 @@ def compute_loss(pred: torch.Tensor, target: torch.Tensor, name: str, delta: flo
         ``(B, L, ...)``; for ``gaussian_nll`` ``(B, 2L, ...)`` (means then log-variances).
     target : Tensor
         ``(B, L, ...)``.
-    name : {"mse", "huber", "gaussian_nll"}
+    name : {"mse", "huber", "gaussian_nll", "huber_nll"}
+        ``huber_nll`` (output ``(B, 2L, ...)`` like ``gaussian_nll``): the Huber loss of the
+        means divided by ``delta`` (so that for ``|a| > delta`` it is ``|a| - delta/2``, of
+        order one whatever ``delta``) plus the Gaussian negative log-likelihood of the
+        log-variances with the means detached, ``0.5 (s + (y - sg(mu))^2 e^{-s})``: the means
+        are fitted by the Huber loss alone and the variances learn the squared residuals of
+        those means, so the predicted σ's are calibrated for them.
     delta : float
         Huber transition point (normalised units).
 
@@ -59,15 +67,19 @@ def compute_loss(pred: torch.Tensor, target: torch.Tensor, name: str, delta: flo
     """
     pred = pred.float()
     target = target.float()
-    if name == "gaussian_nll":
+    if name in ("gaussian_nll", "huber_nll"):
         want = (target.shape[0], 2 * target.shape[1], *target.shape[2:])
         if tuple(pred.shape) != want:
             raise ValueError(
-                f"loss gaussian_nll: network output has shape {tuple(pred.shape)}, expected "
+                f"loss {name}: network output has shape {tuple(pred.shape)}, expected "
                 f"{want} (means and log-variances for each of {target.shape[1]} labels)"
             )
         mu, logvar = pred.chunk(2, dim=1)
         logvar = logvar.clamp(-20.0, 20.0)
+        if name == "huber_nll":
+            huber = F.huber_loss(mu, target, delta=delta) / delta
+            nll = 0.5 * (logvar + (target - mu.detach()) ** 2 * torch.exp(-logvar)).mean()
+            return huber + nll
         return 0.5 * (logvar + (target - mu) ** 2 * torch.exp(-logvar)).mean()
     if pred.shape != target.shape:
         raise ValueError(
@@ -134,6 +146,13 @@ class LensmlModule(pl.LightningModule):
         return self.ema.module if self.ema is not None else self.net
 
     def _loss(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
+        custom = getattr(net, "training_loss", None)
+        if callable(custom):
+            # networks with their own objective (e.g. a RIM: reconstruction + forward-model
+            # terms) take the whole batch; label normalisation is theirs to do
+            loss = custom(batch)
+            first = next(iter(batch.values())) if isinstance(batch, dict) else batch[0]
+            return loss, len(first)
         x, y = split_sample(batch, self.cfg.input_key, self.cfg.target_key)
         y = y.float()
         if y.ndim == 1:
