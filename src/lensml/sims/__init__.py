@@ -1,9 +1,9 @@
 """Simulators ("generators") that make training sets.
 
 Importing this package registers the built-in generators in
-:data:`lensml.registry.GENERATORS` (``"toy"`` for tests and docs, ``"clusters"`` the
-MOKA-like cluster weak-lensing generator, ``"sersic"`` the GaLNet mock galaxies, ``"shear"`` the CLASH-like
-shear stamps);
+:data:`lensml.registry.GENERATORS`: ``"toy"`` (tests and docs), ``"clusters"`` (the MOKA-like
+cluster weak-lensing generator), ``"sersic"`` (GaLNet mock galaxies), ``"shear"`` (CLASH-like
+shear stamps) and ``"strong"`` (AstroRIM strong lenses, realism variants v1–v6);
 pipeline packages register their own when imported.
 
 See :mod:`lensml.sims.base` for the interface every generator follows.
@@ -14,6 +14,7 @@ from __future__ import annotations
 from lensml.sims import clusters as _clusters  # noqa: F401  (registers "clusters")
 from lensml.sims import sersic as _sersic  # noqa: F401  (registers "sersic")
 from lensml.sims import shear as _shear  # noqa: F401  (registers "shear")
+from lensml.sims import strong as _strong  # noqa: F401  (registers "strong")
 from lensml.sims import toy as _toy  # noqa: F401  (registers "toy")
 from lensml.sims.base import (
     ConfigError,
