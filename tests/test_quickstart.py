@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +20,7 @@ def test_quickstart_writes_gallery(report):
     out, paths = report
     names = {p.name for p in paths}
     assert {"lensed_arc.png", "nfw_shear_field.png", "sersic_galaxy.png"} <= names
-    assert paths[-1].name == "quickstart.json"
+    assert paths[-1].name == "quickstart.json" and paths[-2].name == "report.html"
     for p in paths:
         assert p.stat().st_size > 1000
         if p.suffix == ".png":
@@ -27,10 +28,12 @@ def test_quickstart_writes_gallery(report):
     summary = json.loads((out / "quickstart.json").read_text())
     assert summary["seed"] == 3
     # the gallery's own check: FFT tangential shear of the NFW map vs Wright & Brainerd
-    assert summary["nfw_shear_field"]["max_rel_err_gt_fft_vs_analytic_30_150"] < 0.01
-    assert 0.5 < summary["lensed_arc"]["lens_sie"]["theta_e"] < 3.0
+    gallery = summary["gallery"]
+    assert gallery["nfw_shear_field"]["max_rel_err_gt_fft_vs_analytic_30_150"] < 0.01
+    assert 0.5 < gallery["lensed_arc"]["lens_sie"]["theta_e"] < 3.0
     # nothing but the outputs (no temporary files or work directories left behind)
-    top = {"lensed_arc.png", "nfw_shear_field.png", "sersic_galaxy.png", "quickstart.json"}
+    top = {"lensed_arc.png", "nfw_shear_field.png", "sersic_galaxy.png", "quickstart.json",
+           "report.html"}  # fmt: skip
     assert {p.name for p in out.iterdir()} == top | {"clusters"}
 
 
@@ -53,7 +56,7 @@ def test_quickstart_gallery_is_reproducible(report, tmp_path):
                        .read_text())  # fmt: skip
     first = json.loads((out / "quickstart.json").read_text())
     for key in ("lensed_arc", "nfw_shear_field", "sersic_galaxy"):
-        assert again[key] == first[key]
+        assert again["gallery"][key] == first["gallery"][key]
     assert "clusters" not in again
 
 
@@ -65,4 +68,21 @@ def test_quickstart_rejects_bad_output_device_and_sections(tmp_path):
     with pytest.raises(ValueError, match="device"):
         run_quickstart(tmp_path / "x", device="nonsense")
     with pytest.raises(ValueError, match="sections must be among"):
-        run_quickstart(tmp_path / "y", sections=("strong",))
+        run_quickstart(tmp_path / "y", sections=("nope",))
+
+
+def test_report_html_embeds_every_figure_and_table(report):
+    import base64
+    import re
+
+    out, paths = report
+    page = (out / "report.html").read_text()
+    summary = json.loads((out / "quickstart.json").read_text())
+    for key in summary["sections"]:
+        assert f'id="{key}"' in page
+        for fig in summary[key]["figures"]:
+            assert Path(fig).name in page
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == sum(p.suffix == ".png" for p in paths)
+    assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    assert page.count("<table>") >= 2 and "nfw-tangential-fit" in page
