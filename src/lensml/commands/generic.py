@@ -133,6 +133,20 @@ def predict(
     pixel_scale: Annotated[
         float | None, typer.Option(help="arcsec/pixel of FITS cutouts without WCS.")
     ] = None,
+    stream: Annotated[
+        bool,
+        typer.Option(
+            help="Bounded memory for inputs larger than memory: predict shard by shard (store) "
+            "or CHUNK files / catalogue rows at a time into the run directory OUT "
+            "(parts/, manifest.json, predictions.fits); resumable."
+        ),
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option(help="With --stream: continue the run in OUT, skipping its done parts.")
+    ] = False,
+    chunk: Annotated[
+        int, typer.Option(help="With --stream: FITS cutout files or catalogue rows per part.")
+    ] = 1024,
     dump_config: Annotated[bool, typer.Option(help=DUMP_HELP)] = False,
 ) -> None:
     """Predict labels with a saved model and write them as a FITS catalogue."""
@@ -145,9 +159,39 @@ def predict(
                 "batch_size": batch_size,
                 "device": device,
                 "pixel_scale": pixel_scale,
+                "stream": stream,
+                "resume": resume,
+                "chunk": chunk,
             }
         )
         return
+    if stream:
+        try:
+            if out.suffix.lower() in (".fits", ".fit", ".fts"):
+                raise ValueError(
+                    f"with --stream, --out is a run directory (parts/, manifest.json, "
+                    f"predictions.fits), got the FITS file name {out}"
+                )
+            load_registries()
+            from lensml.infer import predict_stream
+
+            run = predict_stream(
+                model,
+                inputs if len(inputs) > 1 else inputs[0],
+                out,
+                batch_size=batch_size,
+                device=device,
+                resume=resume,
+                chunk=chunk,
+                pixel_scale=pixel_scale,
+                progress=True,
+            )
+        except USER_ERRORS as err:
+            fail(err)
+        typer.echo(f"{run['n_items_done']} predictions in {run['n_parts']} parts → {run['merged']}")
+        return
+    if resume:
+        fail(ValueError("--resume continues a --stream run; add --stream"))
     try:
         load_registries()
         import numpy as np
