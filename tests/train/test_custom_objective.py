@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -53,3 +54,27 @@ def test_training_loss_hook_is_used_and_lowers_the_objective(tmp_path):
     assert res["epochs"] == 8
     assert after < 0.5 * before
     assert res["final_val_loss"] is not None
+
+
+class _TwoGroups(_Denoiser):
+    def parameter_groups(self):
+        return [
+            {"name": "weight", "params": [self.conv.weight], "lr_scale": 1.0},
+            {"name": "bias", "params": [self.conv.bias], "lr_scale": 0.1},
+        ]
+
+
+def test_parameter_groups_get_scaled_learning_rates(tmp_path):
+    from lensml.train.config import TrainConfig
+    from lensml.train.module import LensmlModule
+    from lensml.train.normalisation import Normalisation
+    from lensml.train.optim import LRSchedule
+
+    cfg = TrainConfig.model_validate({"optimizer": {"name": "Adam", "lr": 0.01}})
+    module = LensmlModule(_TwoGroups(), cfg, Normalisation.identity(0, []), _Pairs(4, 0), None, {})
+    opt = module.configure_optimizers()
+    assert [g["name"] for g in opt.param_groups] == ["weight", "bias"]
+    sched = LRSchedule(cfg.schedule, cfg.optimizer.lr, 10, cfg.max_epochs)
+    lr = sched.apply(opt, 0)
+    assert opt.param_groups[0]["lr"] == pytest.approx(lr)
+    assert opt.param_groups[1]["lr"] == pytest.approx(0.1 * lr)

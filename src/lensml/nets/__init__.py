@@ -15,11 +15,33 @@ Sérsic regressors (GaLNet paper): ``galnet-1`` (image), ``galnet-2`` (image + P
 second channel), ``galnet-1-small``, ``galnet-2-small`` (:mod:`lensml.nets.galnet`; label
 encoding in :mod:`lensml.nets.sersic_labels`). Shear estimators (CLASH shear paper):
 ``shear-cnn`` (the paper's six layers, 107,866 parameters) and ``shear-resnet``
-(:mod:`lensml.nets.shear_cnn`).
+(:mod:`lensml.nets.shear_cnn`). Strong lensing (AstroRIM paper): ``astrorim`` (lens-parameter
+encoder + conditional forward operator + RIM, :mod:`lensml.nets.astrorim`,
+:mod:`lensml.nets.astrorim_forward`, :mod:`lensml.nets.rim`) and ``astrorim-small``.
 """
 
 from __future__ import annotations
 
-from lensml.nets import blocks, galnet, inception, sersic_labels, shear_cnn, vgg
+from lensml.nets import (
+    astrorim,
+    astrorim_forward,
+    blocks,
+    galnet,
+    inception,
+    rim,
+    sersic_labels,
+    shear_cnn,
+    vgg,
+)
 
-__all__ = ["blocks", "galnet", "inception", "sersic_labels", "shear_cnn", "vgg"]
+__all__ = [
+    "astrorim",
+    "astrorim_forward",
+    "blocks",
+    "galnet",
+    "inception",
+    "rim",
+    "sersic_labels",
+    "shear_cnn",
+    "vgg",
+]

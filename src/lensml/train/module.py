@@ -208,8 +208,23 @@ class LensmlModule(pl.LightningModule):
 
     # --- optimisers and schedule ---------------------------------------------------
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        """The optimiser over the network's parameters (the EMA copy is not optimised)."""
-        return build_optimizer(self.net.parameters(), self.cfg.optimizer)
+        """The optimiser over the network's parameters (the EMA copy is not optimised).
+
+        A network with ``parameter_groups() -> [{"name", "params", "lr_scale"}, ...]`` gets one
+        optimiser group each, whose learning rate is the schedule's times ``lr_scale`` (e.g. a
+        10× lower rate for a RIM's forward model).
+        """
+        groups = getattr(self.net, "parameter_groups", None)
+        if callable(groups):
+            lr = self.cfg.optimizer.lr
+            params: Any = [
+                {"params": list(g["params"]), "lr": lr * float(g.get("lr_scale", 1.0)),
+                 "lr_scale": float(g.get("lr_scale", 1.0)), "name": str(g.get("name", i))}
+                for i, g in enumerate(groups())
+            ]  # fmt: skip
+        else:
+            params = self.net.parameters()
+        return build_optimizer(params, self.cfg.optimizer)
 
     def on_train_start(self) -> None:
         """Build the schedule once the number of batches per epoch is known."""

@@ -122,10 +122,11 @@ class LRSchedule:
         return self.base_lr * self.warmup_factor(step) * self.main_factor(step)
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
-        """Set the learning rate of every parameter group for step ``step``; return it."""
+        """Set the learning rate of every parameter group for step ``step`` (times the group's
+        ``lr_scale``, 1 by default); return the unscaled rate."""
         lr = self.lr(step)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * float(group.get("lr_scale", 1.0))
         return lr
 
     # --- plateau rule ----------------------------------------------------------------
