@@ -3,6 +3,9 @@
 * :mod:`lensml.pipelines.clusters` — cluster weak lensing (the cluster CNN paper):
   :func:`~lensml.pipelines.clusters.train_clusters` and
   :func:`~lensml.pipelines.clusters.evaluate_clusters`.
+* :mod:`lensml.pipelines.sersic` — GaLNet-1/2 vs the batched χ² fitter:
+  :func:`~lensml.pipelines.sersic.train_sersic`, :func:`~lensml.pipelines.sersic.evaluate_sersic`,
+  :func:`~lensml.pipelines.sersic.predict_sersic`.
 * :mod:`lensml.pipelines.shear_calibration` — the CNN shear estimator's post-training steps
   (last-layer refit, symmetrisation, affine m/c calibration) and the Table-4 metrics.
 * :mod:`lensml.pipelines.shear_fields` — smoothed shear-field maps, bootstrap errors, the
@@ -20,6 +23,9 @@ _EXPORTS = {
     "train_clusters": "lensml.pipelines.clusters",
     "evaluate_clusters": "lensml.pipelines.clusters",
     "predict_clusters": "lensml.pipelines.clusters",
+    "train_sersic": "lensml.pipelines.sersic",
+    "evaluate_sersic": "lensml.pipelines.sersic",
+    "predict_sersic": "lensml.pipelines.sersic",
     "fit_affine": "lensml.pipelines.shear_calibration",
     "symmetrise": "lensml.pipelines.shear_calibration",
     "shear_metrics": "lensml.pipelines.shear_calibration",

@@ -451,7 +451,7 @@ def predict(
         out = net(x).float()
         if out.ndim == 1:
             out = out[:, None]
-        if info.loss == "gaussian_nll":
+        if info.loss in ("gaussian_nll", "huber_nll"):
             mu, logvar = out.chunk(2, dim=1)
             sigma = torch.exp(0.5 * logvar.clamp(-20.0, 20.0))
             if normalised:
