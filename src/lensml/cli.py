@@ -14,6 +14,8 @@ import typer
 from lensml import __version__
 from lensml.commands import clusters as clusters_commands
 from lensml.commands import generic as generic_commands
+from lensml.commands import sersic as sersic_commands
+from lensml.commands import shear as shear_commands
 from lensml.commands.common import DUMP_HELP as _DUMP_HELP
 from lensml.commands.common import USER_ERRORS
 from lensml.commands.common import dump_options as _dump_options
@@ -36,7 +38,12 @@ app.add_typer(info_app, name="info")
 
 #: Pipelines with ``train`` / ``evaluate`` / ``predict`` subcommands, and their command modules
 #: (``lensml/commands/<pipeline>.py``); ``lensml <verb> <pipeline> --help`` explains each.
-PIPELINES = {"generic": generic_commands, "clusters": clusters_commands}
+PIPELINES = {
+    "generic": generic_commands,
+    "clusters": clusters_commands,
+    "sersic": sersic_commands,
+    "shear": shear_commands,
+}
 _VERBS = {
     "train": "Train a pipeline's network with the one training engine.",
     "evaluate": "Judge saved model(s) on a held-out store, against the pipeline's baseline.",

@@ -6,6 +6,10 @@
 * :mod:`lensml.pipelines.sersic` — GaLNet-1/2 vs the batched χ² fitter:
   :func:`~lensml.pipelines.sersic.train_sersic`, :func:`~lensml.pipelines.sersic.evaluate_sersic`,
   :func:`~lensml.pipelines.sersic.predict_sersic`.
+* :mod:`lensml.pipelines.shear` — the CNN shear estimator vs KSB / REGAUSS: training,
+  post-processing (:mod:`~lensml.pipelines.shear_estimator`), evaluation
+  (:mod:`~lensml.pipelines.shear_eval`), prediction on FITS images + catalogues
+  (:mod:`~lensml.pipelines.shear_predict`).
 * :mod:`lensml.pipelines.shear_calibration` — the CNN shear estimator's post-training steps
   (last-layer refit, symmetrisation, affine m/c calibration) and the Table-4 metrics.
 * :mod:`lensml.pipelines.shear_fields` — smoothed shear-field maps, bootstrap errors, the
@@ -26,6 +30,11 @@ _EXPORTS = {
     "train_sersic": "lensml.pipelines.sersic",
     "evaluate_sersic": "lensml.pipelines.sersic",
     "predict_sersic": "lensml.pipelines.sersic",
+    "train_shear": "lensml.pipelines.shear",
+    "load_shear_estimator": "lensml.pipelines.shear_estimator",
+    "postprocess_shear": "lensml.pipelines.shear_estimator",
+    "evaluate_shear": "lensml.pipelines.shear_eval",
+    "predict_shear": "lensml.pipelines.shear_predict",
     "fit_affine": "lensml.pipelines.shear_calibration",
     "symmetrise": "lensml.pipelines.shear_calibration",
     "shear_metrics": "lensml.pipelines.shear_calibration",
