@@ -193,8 +193,10 @@ def load_sersic_model(path: str | Path, device: str = "cpu") -> SersicModel:
         (:class:`lensml.train.ModelLoadError`) for a path that is not a lensml model, or a
         model that is not a GaLNet trained by this pipeline (labels, metadata).
     """
+    from lensml.models import resolve_model
     from lensml.train import load_model
 
+    path = resolve_model(path, "sersic")
     net, info = load_model(path, device)
     where = f"model {path}"
     if tuple(info.normalisation.label_names) != ENCODED_LABELS:

@@ -209,7 +209,9 @@ def load_shear_estimator(
 
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    p = Path(model_dir)
+    from lensml.models import resolve_model
+
+    p = resolve_model(model_dir, "shear")
     net, info = load_model(p, device)
     names = list(info.normalisation.label_names)
     if names != list(LABELS):

@@ -343,7 +343,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     """
     p = Path(path)
     if not p.exists():
-        raise ModelLoadError(f"{p}: no such model directory or checkpoint")
+        from lensml.models import list_models, resolve_model
+
+        if not any(str(path).strip("/") in (m.name, f"{m.pipeline}/{m.name}")
+                   for m in list_models()):  # fmt: skip
+            raise ModelLoadError(f"{p}: no such model directory or checkpoint")
+        p = resolve_model(path)  # a shipped model's name (lensml.models)
     if p.is_file():
         net, info = _load_from_checkpoint(p)
         return net.to(device), info

@@ -1,0 +1,132 @@
+"""The model zoo: trained weights shipped inside the package, each with a model card.
+
+Layout: ``lensml/models/<pipeline>/<name>/`` is an ordinary saved-model directory
+(``model.json``, ``weights.pt``, ``normalisation.json``, plus the pipeline's own files) with a
+``card.json``: what it was trained on (generator config, seed, size), how (the command or
+benchmark that made it), its held-out metrics, its intended inputs (survey, pixel scale, PSF),
+and a ``ci_check`` block — a small seeded held-out set and the metrics the model gives on it,
+which ``tests/test_model_zoo.py`` recomputes within the stated tolerance.
+
+Anywhere a model directory is accepted (``--model`` of ``lensml predict <pipeline>`` and
+``lensml evaluate <pipeline>``), a shipped model's name works too: ``shear-cnn`` or
+``shear/shear-cnn``. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ROOT", "ShippedModel", "check_model", "list_models", "resolve_model"]
+
+#: Directory holding the shipped models.
+ROOT = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """One shipped model: ``pipeline``, ``name``, directory ``path`` and its ``card``."""
+
+    pipeline: str
+    name: str
+    path: Path
+    card: dict[str, Any]
+
+
+def list_models(pipeline: str | None = None) -> list[ShippedModel]:
+    """Every shipped model (of ``pipeline`` if given), sorted by pipeline and name."""
+    out = []
+    for card_path in sorted(ROOT.glob("*/*/card.json")):
+        d = card_path.parent
+        if pipeline is not None and d.parent.name != pipeline:
+            continue
+        out.append(ShippedModel(d.parent.name, d.name, d, json.loads(card_path.read_text())))
+    return out
+
+
+def resolve_model(model: str | Path, pipeline: str | None = None) -> Path:
+    """A model directory from a path, or from a shipped model's name.
+
+    Parameters
+    ----------
+    model : str or path
+        An existing path (returned as is), a shipped name (``shear-cnn``) or
+        ``<pipeline>/<name>``.
+    pipeline : str, optional
+        Restrict name lookup to this pipeline's models.
+
+    Raises
+    ------
+    ValueError
+        Neither an existing path nor a shipped model (the message lists the shipped ones).
+    """
+    path = Path(model)
+    if path.exists():
+        return path
+    text = str(model).strip("/")
+    for m in list_models(pipeline):
+        if text in (m.name, f"{m.pipeline}/{m.name}"):
+            return m.path
+    names = [f"{m.pipeline}/{m.name}" for m in list_models(pipeline)]
+    raise ValueError(
+        f"model {model}: no such directory, and not a shipped model "
+        f"(shipped{' for ' + pipeline if pipeline else ''}: {', '.join(names) or 'none'})"
+    )
+
+
+def check_model(entry: ShippedModel) -> dict[str, float]:
+    """Recompute the metrics of the card's ``ci_check`` block (seeded, small, CPU)."""
+    check = entry.card["ci_check"]
+    if entry.pipeline == "shear":
+        return _check_shear(entry.path, check)
+    if entry.pipeline == "sersic":
+        return _check_sersic(entry.path, check)
+    raise ValueError(f"model {entry.path}: no CI check for pipeline {entry.pipeline!r}")
+
+
+def _simulate(generator: str, check: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from lensml.sims.base import get_generator, validate_config
+
+    gen = get_generator(generator)
+    cfg = validate_config(gen, check.get("config") or {})
+    rng = torch.Generator().manual_seed(int(check["seed"]))
+    return gen.generate(int(check["n"]), rng, cfg)
+
+
+def _check_shear(path: Path, check: dict[str, Any]) -> dict[str, float]:
+    import numpy as np
+
+    from lensml.pipelines.shear_estimator import load_shear_estimator
+
+    data = _simulate("shear", check)
+    est = load_shear_estimator(path)
+    g = np.asarray(est.predict(data["image"]), dtype=float)
+    true = np.asarray(data["labels"], dtype=float)
+    rms = np.sqrt(np.mean((g - true) ** 2, axis=0))
+    return {"rms_g1": float(rms[0]), "rms_g2": float(rms[1])}
+
+
+def _check_sersic(path: Path, check: dict[str, Any]) -> dict[str, float]:
+    import numpy as np
+
+    from lensml.metrics import r2
+    from lensml.pipelines.sersic import load_sersic_model
+
+    data = _simulate("sersic", check)
+    model = load_sersic_model(path)
+    pred = model.predict(data["image"], data["psf"] if model.with_psf else None)
+    true = np.asarray(data["labels"], dtype=float)
+    names = ["x", "y", "mag", "r_eff", "q", "pa", "n"]
+    out = {}
+    for j, name in enumerate(names):
+        if name == "pa":
+            continue
+        p, t = np.asarray(pred[name], dtype=float), true[:, j]
+        if name == "r_eff":
+            p, t = np.log10(p), np.log10(t)
+        out[f"r2_{name if name != 'r_eff' else 'log10_reff'}"] = float(r2(p, t))
+    return out
