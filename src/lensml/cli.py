@@ -16,6 +16,7 @@ from lensml.commands import clusters as clusters_commands
 from lensml.commands import generic as generic_commands
 from lensml.commands import sersic as sersic_commands
 from lensml.commands import shear as shear_commands
+from lensml.commands import strong as strong_commands
 from lensml.commands.common import DUMP_HELP as _DUMP_HELP
 from lensml.commands.common import USER_ERRORS
 from lensml.commands.common import dump_options as _dump_options
@@ -43,6 +44,7 @@ PIPELINES = {
     "clusters": clusters_commands,
     "sersic": sersic_commands,
     "shear": shear_commands,
+    "strong": strong_commands,
 }
 _VERBS = {
     "train": "Train a pipeline's network with the one training engine.",

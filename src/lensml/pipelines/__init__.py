@@ -10,6 +10,9 @@
   post-processing (:mod:`~lensml.pipelines.shear_estimator`), evaluation
   (:mod:`~lensml.pipelines.shear_eval`), prediction on FITS images + catalogues
   (:mod:`~lensml.pipelines.shear_predict`).
+* :mod:`lensml.pipelines.strong` — AstroRIM vs the parametric lens fit: training with the
+  paper's recipe, evaluation (Table 2 SSIM/MSE per variant, θ_E, σ_v, M(<θ_E)), prediction on
+  FITS images with a diagnostic panel.
 * :mod:`lensml.pipelines.shear_calibration` — the CNN shear estimator's post-training steps
   (last-layer refit, symmetrisation, affine m/c calibration) and the Table-4 metrics.
 * :mod:`lensml.pipelines.shear_fields` — smoothed shear-field maps, bootstrap errors, the
@@ -35,6 +38,9 @@ _EXPORTS = {
     "postprocess_shear": "lensml.pipelines.shear_estimator",
     "evaluate_shear": "lensml.pipelines.shear_eval",
     "predict_shear": "lensml.pipelines.shear_predict",
+    "train_strong": "lensml.pipelines.strong",
+    "evaluate_strong": "lensml.pipelines.strong",
+    "predict_strong": "lensml.pipelines.strong",
     "fit_affine": "lensml.pipelines.shear_calibration",
     "symmetrise": "lensml.pipelines.shear_calibration",
     "shear_metrics": "lensml.pipelines.shear_calibration",
