@@ -300,7 +300,7 @@ def _plot_galaxy(plt, maps: dict[str, np.ndarray], params: dict[str, Any]):
 #: ``lensml.pipelines.<name>.quickstart_section(out_dir, seed, device, full)``.
 SECTIONS = ("gallery", "clusters", "sersic", "shear", "strong")
 #: What ``lensml quickstart`` runs without ``--pipelines``.
-DEFAULT_SECTIONS = ("gallery", "clusters", "sersic", "shear")
+DEFAULT_SECTIONS = ("gallery", "clusters", "sersic", "shear", "strong")
 _TITLES = {
     "gallery": "Gallery: what the physics core simulates",
     "clusters": "Clusters: CNN vs NFW tangential-shear fit",
