@@ -285,4 +285,4 @@ def test_speed_500_maps(capsys):
             f"(converged {float(res.converged.float().mean()):.2f}, "
             f"threads {torch.get_num_threads()})"
         )
-    assert 500 / dt > 20  # loose: the CPU is shared
+    assert 500 / dt > 5  # a guard against gross regressions only: CI machines are shared
