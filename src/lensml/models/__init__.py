@@ -83,6 +83,8 @@ def check_model(entry: ShippedModel) -> dict[str, float]:
         return _check_shear(entry.path, check)
     if entry.pipeline == "sersic":
         return _check_sersic(entry.path, check)
+    if entry.pipeline == "clusters":
+        return _check_clusters(entry.path, check)
     raise ValueError(f"model {entry.path}: no CI check for pipeline {entry.pipeline!r}")
 
 
@@ -130,3 +132,26 @@ def _check_sersic(path: Path, check: dict[str, Any]) -> dict[str, float]:
             p, t = np.log10(p), np.log10(t)
         out[f"r2_{name if name != 'r_eff' else 'log10_reff'}"] = float(r2(p, t))
     return out
+
+
+def _check_clusters(path: Path, check: dict[str, Any]) -> dict[str, float]:
+    import numpy as np
+    import torch
+
+    from lensml.pipelines.clusters import LABELS, decode_predictions
+    from lensml.sims.surveys import ShapeNoise
+    from lensml.train import load_model, predict
+
+    data = _simulate("clusters", check)
+    maps = torch.as_tensor(np.asarray(data["image"]), dtype=torch.float32)
+    noise = ShapeNoise(pixel_scale=float(check["config"]["pixel_scale"]), survey=check["noise"])
+    g = torch.Generator().manual_seed(int(check["seed"]) + 1)
+    maps = noise(maps, None, g)[0]
+    net, info = load_model(path)
+    names = list(info.normalisation.label_names)
+    pred, decoded = decode_predictions(predict((net, info), maps).numpy(), names)
+    true = np.asarray(data["labels"], dtype=float)
+    d_m = pred[:, decoded.index("log10_mvir")] - true[:, LABELS.index("log10_mvir")]
+    d_c = pred[:, decoded.index("c_vir")] - true[:, LABELS.index("c_vir")]
+    return {"rms_log10_mvir": float(np.sqrt(np.mean(d_m**2))),
+            "median_bias_c_vir": float(np.median(d_c))}  # fmt: skip
