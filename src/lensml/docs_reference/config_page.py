@@ -154,13 +154,15 @@ def render_config() -> str:
     module_doc = sys.modules[TrainConfig.__module__].__doc__
     lines += [md(inspect.cleandoc(module_doc or "")), ""]
     _model_tables(TrainConfig, TrainConfig(), "", "### `TrainConfig` (top level)", lines)
+    # lensml's own generators only (tests and plugins may register others at run time)
+    names = [n for n in GENERATORS.names() if GENERATORS.get(n).__module__.startswith("lensml.")]
     lines += [
         "## Generators: `lensml simulate NAME --config NAME.yaml`",
         "",
-        "Registered generators: " + ", ".join(f"`{n}`" for n in GENERATORS.names()) + ".",
+        "Registered generators: " + ", ".join(f"`{n}`" for n in names) + ".",
         "",
     ]
-    for name in GENERATORS.names():
+    for name in names:
         gen = GENERATORS.get(name)
         summary = intro(sys.modules[gen.__module__].__doc__).split("\n\n")[0]
         lines += [f"### `{name}`", "", " ".join(summary.split()), "",
