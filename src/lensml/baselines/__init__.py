@@ -17,12 +17,15 @@ from lensml.baselines import lens_fit as _lens_fit  # noqa: F401  (registers "le
 from lensml.baselines import moments as _moments  # noqa: F401  (registers "moments")
 from lensml.baselines import nfw_fit as _nfw_fit  # noqa: F401  (registers "nfw-tangential-fit")
 from lensml.baselines import sersic_fit as _sersic_fit  # noqa: F401  (registers "sersic-fit")
+from lensml.baselines.lens_fit import LensFit, LensFitResult
 from lensml.baselines.nfw_fit import NFWFitResult, NFWTangentialFit
 from lensml.baselines.profiles import RadialBins, ShearProfile, radial_bins, tangential_profile
 from lensml.baselines.sersic_fit import SersicFit, SersicFitResult
 from lensml.baselines.sersic_moments import moments_init
 
 __all__ = [
+    "LensFit",
+    "LensFitResult",
     "NFWFitResult",
     "NFWTangentialFit",
     "RadialBins",

@@ -35,6 +35,7 @@ _SUBMODULES = (
     "stamps",
     "raytrace",
     "cosmology",
+    "lens_conversions",
     "noise",
 )
 
