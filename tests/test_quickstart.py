@@ -87,3 +87,11 @@ def test_report_html_embeds_every_figure_and_table(report):
     assert len(images) == sum(p.suffix == ".png" for p in paths)
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
     assert page.count("<table>") >= 2 and "nfw-tangential-fit" in page
+
+
+def test_relative_output_directory(tmp_path, monkeypatch):
+    """The README runs `lensml quickstart` with the default relative OUT."""
+    monkeypatch.chdir(tmp_path)
+    paths = run_quickstart(Path("qs-rel"), seed=1, sections=("gallery",))
+    page = (tmp_path / "qs-rel" / "report.html").read_text()
+    assert paths[-2].name == "report.html" and "lensed_arc.png" in page

@@ -346,7 +346,7 @@ def run_quickstart(
         raise ValueError(f"quickstart: sections must be among {list(SECTIONS)}; got {sections!r}")
     import torch
 
-    out = Path(out)
+    out = Path(out).resolve()  # sections record figure paths; keep them valid from any cwd
     if out.exists() and not out.is_dir():
         raise ValueError(f"quickstart: output path {out} exists and is not a directory")
     try:
