@@ -6,6 +6,7 @@ Submodules (imported on first attribute access, so ``import lensml.physics`` is 
 ``params``       parameter declarations (unit, range) and validation
 ``mass``         analytic mass profiles (SIS, truncated SIS, SIE, shear, NFW, eNFW, Hernquist)
 ``pixelated``    deflection of a pixelated κ map by FFT convolution
+``pixelated_lensing``  forward model of the pixelated-RIM paper (pixelated κ and source)
 ``fft_lensing``  κ → ψ, α, γ by FFT and the Kaiser–Squires inverse
 ``light``        Sérsic, Gaussian clumps, bulge + disk
 ``psf``          Gaussian, Moffat, double Moffat and Airy kernels
@@ -28,6 +29,7 @@ _SUBMODULES = (
     "params",
     "mass",
     "pixelated",
+    "pixelated_lensing",
     "fft_lensing",
     "light",
     "psf",
