@@ -18,6 +18,10 @@ encoding in :mod:`lensml.nets.sersic_labels`). Shear estimators (CLASH shear pap
 (:mod:`lensml.nets.shear_cnn`). Strong lensing (AstroRIM paper): ``astrorim`` (lens-parameter
 encoder + conditional forward operator + RIM, :mod:`lensml.nets.astrorim`,
 :mod:`lensml.nets.astrorim_forward`, :mod:`lensml.nets.rim`) and ``astrorim-small``.
+Pixelated strong lensing (RIM pixelated-source-and-mass paper): ``rim-pixelated`` (U-net with a
+ConvGRU in every skip connection, paper size) and ``rim-pixelated-small``
+(:mod:`lensml.nets.rim_pixelated`); the source and log10 κ VAEs ``vae-source``, ``vae-kappa``,
+``vae-source-small``, ``vae-kappa-small`` (:mod:`lensml.nets.vae`).
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ from lensml.nets import (
     galnet,
     inception,
     rim,
+    rim_pixelated,
     sersic_labels,
     shear_cnn,
+    vae,
     vgg,
 )
 
@@ -41,7 +47,9 @@ __all__ = [
     "galnet",
     "inception",
     "rim",
+    "rim_pixelated",
     "sersic_labels",
     "shear_cnn",
+    "vae",
     "vgg",
 ]
