@@ -17,6 +17,7 @@ from lensml.commands import generic as generic_commands
 from lensml.commands import sersic as sersic_commands
 from lensml.commands import shear as shear_commands
 from lensml.commands import strong as strong_commands
+from lensml.commands import strong_pixelated as strong_pixelated_commands
 from lensml.commands.common import DUMP_HELP as _DUMP_HELP
 from lensml.commands.common import USER_ERRORS
 from lensml.commands.common import dump_options as _dump_options
@@ -45,6 +46,7 @@ PIPELINES = {
     "sersic": sersic_commands,
     "shear": shear_commands,
     "strong": strong_commands,
+    "strong-pixelated": strong_pixelated_commands,
 }
 _VERBS = {
     "train": "Train a pipeline's network with the one training engine.",

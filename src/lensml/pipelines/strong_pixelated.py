@@ -124,10 +124,11 @@ def inspect_pixelated_store(data_dir: str | Path) -> PixelatedStoreInfo:
 
 def _fields_of_view(cfg: Mapping[str, Any], where: str) -> tuple[float, float]:
     from lensml.sims.base import get_generator
+    from lensml.sims.strong_pixelated import make_lens
 
     gen = get_generator(GENERATOR)
     try:
-        lens = gen.lensing(gen.Config.model_validate(dict(cfg)))
+        lens = make_lens(gen.Config.model_validate(dict(cfg)))
     except Exception as exc:  # an old or foreign config
         raise ValueError(f"{where}: cannot read the generator config: {exc}") from exc
     return float(lens.fov), float(lens.source_fov)

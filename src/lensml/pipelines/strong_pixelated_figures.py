@@ -265,9 +265,9 @@ def plot_reconstructions(
     Parameters
     ----------
     maps : mapping
-        Keys ``observation``, ``source_true``, ``source_baseline``, ``source_finetuned``,
-        ``kappa_true``, ``kappa_baseline``, ``kappa_finetuned``; each (N, 1, H, W), (N, H, W) or
-        (H, W), N examples (the source and κ grids may differ in size).
+        Keys ``observation``, ``source_true``, ``source_baseline``, ``kappa_true``,
+        ``kappa_baseline`` and, optionally, ``source_finetuned``, ``kappa_finetuned``; each
+        (N, 1, H, W), (N, H, W) or (H, W), N examples (the source and κ grids may differ in size).
     path : path
         Output PNG.
     residual_baseline, residual_finetuned : array, optional
@@ -279,14 +279,15 @@ def plot_reconstructions(
     """
     from lensml.plots import save_figure
 
-    missing = [key for key in _REC_KEYS if key not in maps]
+    missing = [k for k in _REC_KEYS if k not in maps and not k.endswith("_finetuned")]
     if missing:
         raise ValueError(f"maps is missing keys {missing}")
     if not kappa_floor > 0:
         raise ValueError(f"kappa_floor must be > 0, got {kappa_floor}")
-    arr = {key: _maps(maps[key], key) for key in _REC_KEYS}
+    keys = [k for k in _REC_KEYS if k in maps]  # the fine-tuned columns are optional
+    arr = {key: _maps(maps[key], key) for key in keys}
     n = arr["observation"].shape[0]
-    cols: list[tuple[str, str]] = [(key, key.replace("_", " ")) for key in _REC_KEYS]
+    cols: list[tuple[str, str]] = [(key, key.replace("_", " ")) for key in keys]
     for key, res in (("residual_baseline", residual_baseline),
                      ("residual_finetuned", residual_finetuned)):  # fmt: skip
         if res is not None:
