@@ -88,7 +88,8 @@ def quickstart(
     pipelines: Annotated[
         str,
         typer.Option(
-            help="Comma-separated sections (gallery, clusters, sersic, shear, strong), or all."
+            help="Comma-separated sections (gallery, clusters, sersic, shear, strong, "
+            "strong-pixelated), or all."
         ),
     ] = "all",
     full: Annotated[

@@ -7,7 +7,7 @@ Sections (``--pipelines`` picks a subset; ``--full`` runs the bigger version of 
     source, σ_v → θ_E through the cosmology, PSF and CCD noise), an NFW cluster's weak-lensing
     field (κ from (M200c, c), γ by FFT, reduced shear with Euclid shape noise, checked against
     the analytic tangential shear) and a PSF-convolved Sérsic galaxy stamp.
-``clusters``, ``sersic``, ``shear``, ``strong``
+``clusters``, ``sersic``, ``shear``, ``strong``, ``strong-pixelated``
     Each pipeline's ``quickstart_section`` (:mod:`lensml.pipelines`): simulate a small data
     set, use the shipped weights or train a small preset briefly on CPU, and judge the network
     against the pipeline's classical baseline in the paper's table form, with its key figures.
@@ -298,15 +298,16 @@ def _plot_galaxy(plt, maps: dict[str, np.ndarray], params: dict[str, Any]):
 
 #: Every quickstart section, in report order; pipeline sections are
 #: ``lensml.pipelines.<name>.quickstart_section(out_dir, seed, device, full)``.
-SECTIONS = ("gallery", "clusters", "sersic", "shear", "strong")
+SECTIONS = ("gallery", "clusters", "sersic", "shear", "strong", "strong-pixelated")
 #: What ``lensml quickstart`` runs without ``--pipelines``.
-DEFAULT_SECTIONS = ("gallery", "clusters", "sersic", "shear", "strong")
+DEFAULT_SECTIONS = SECTIONS
 _TITLES = {
     "gallery": "Gallery: what the physics core simulates",
     "clusters": "Clusters: CNN vs NFW tangential-shear fit",
     "sersic": "Sérsic: GaLNet vs χ² fit",
     "shear": "Shear: CNN vs KSB / REGAUSS",
     "strong": "Strong lensing: AstroRIM vs parametric fit",
+    "strong-pixelated": "Strong lensing: pixelated source and κ (RIM + EWC fine-tuning)",
 }
 
 
@@ -370,7 +371,7 @@ def run_quickstart(
         if key == "gallery":
             paths, part = _gallery(out, seed, dev)
         else:
-            module = importlib.import_module(f"lensml.pipelines.{key}")
+            module = importlib.import_module(f"lensml.pipelines.{key.replace('-', '_')}")
             paths, part = module.quickstart_section(out / key, seed, device, full=full)
         summary["seconds"][key] = time.perf_counter() - t0
         part = dict(part)
