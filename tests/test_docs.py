@@ -170,7 +170,7 @@ def test_mkdocs_builds_strict_offline(tmp_path):
 
 
 def test_every_tutorial_has_each_step():
-    for name in ("clusters", "sersic", "shear", "strong"):
+    for name in ("clusters", "sersic", "shear", "strong", "strong-pixelated"):
         text = (DOCS / "tutorials" / f"{name}.md").read_text(encoding="utf-8")
         commands = [" ".join(seg) for ln in _shell_commands(text) for seg in _segments(ln)]
         assert any(c.startswith(f"lensml simulate {name}") for c in commands), name
