@@ -49,6 +49,8 @@ from typing import Any
 
 import numpy as np
 
+from lensml.train.callbacks import epoch_callback
+
 __all__ = [
     "FIT_NAME",
     "LABELS",
@@ -323,16 +325,6 @@ def _shape_noise(noise: str | None, pixel_scale: float) -> Any:
     return ShapeNoise(pixel_scale=pixel_scale, survey=noise)
 
 
-def _epoch_callback(dataset: ClusterMapDataset) -> Any:
-    from lightning.pytorch.callbacks import Callback
-
-    class _NoiseEpoch(Callback):
-        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-            dataset.set_epoch(trainer.current_epoch)
-
-    return _NoiseEpoch()
-
-
 def train_clusters(
     data_dir: str | Path,
     network: str = "vgg-small",
@@ -460,7 +452,7 @@ def train_clusters(
         device=device,
         progress=progress,
         label_names=train_ds.label_names,
-        callbacks=[_epoch_callback(train_ds)],
+        callbacks=[epoch_callback(train_ds)],
     )
     seconds = time.perf_counter() - t0
     epochs_done = int(result.get("epochs") or 0)

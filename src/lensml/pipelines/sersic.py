@@ -66,6 +66,7 @@ from lensml.pipelines.sersic_data import (
     store_photometry,
 )
 from lensml.pipelines.sersic_metrics import PARAMS
+from lensml.train.callbacks import epoch_callback
 
 __all__ = [
     "ENCODED_LABELS",
@@ -242,16 +243,6 @@ def _network_config(network: str, info: SersicStoreInfo, uncertainty: bool, user
     if cls.with_psf:
         cfg["psf_size"] = info.psf_size
     return cfg
-
-
-def _epoch_callback(dataset: SersicStampDataset) -> Any:
-    from lightning.pytorch.callbacks import Callback
-
-    class _AugmentEpoch(Callback):
-        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-            dataset.set_epoch(trainer.current_epoch)
-
-    return _AugmentEpoch()
 
 
 def _calibrate_sigma(model_dir: Path, val: SersicStampDataset, batch_size: int) -> dict:
@@ -443,7 +434,7 @@ def train_sersic(
     result = fit(
         model, train_ds, val_ds, config=config, out_dir=out_dir, resume=resume, device=device,
         progress=progress, normalisation=norm, label_names=list(ENCODED_LABELS),
-        callbacks=[_epoch_callback(train_ds)] if augment else None,
+        callbacks=[epoch_callback(train_ds)] if augment else None,
     )  # fmt: skip
     seconds = time.perf_counter() - t0
     done = int(result.get("epochs") or 0)

@@ -63,7 +63,6 @@ from lensml.pipelines.shear_data import (
     ShearStoreInfo,
     ShearTrainingSet,
     dihedral_views,
-    epoch_callback,
     inspect_shear_store,
     read_shear_arrays,
 )
@@ -74,6 +73,7 @@ from lensml.pipelines.shear_estimator import (
     load_shear_estimator,
     postprocess_shear,
 )
+from lensml.train.callbacks import epoch_callback
 
 #: The pipeline's other entry points, in their own modules (loaded on first use).
 _ELSEWHERE = {

@@ -17,7 +17,6 @@ __all__ = [
     "ShearStoreInfo",
     "ShearTrainingSet",
     "dihedral_views",
-    "epoch_callback",
     "inspect_shear_store",
     "read_shear_arrays",
 ]
@@ -228,17 +227,6 @@ class ShearTrainingSet:
             image, labels = out["image"], out["labels"]
         image = normalise_stamps(image)
         return [{"image": image[j], "labels": labels[j]} for j in range(len(idx))]
-
-
-def epoch_callback(dataset: ShearTrainingSet) -> Any:
-    """A Lightning callback calling ``dataset.set_epoch`` at the start of every epoch."""
-    from lightning.pytorch.callbacks import Callback
-
-    class _AugmentEpoch(Callback):
-        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-            dataset.set_epoch(trainer.current_epoch)
-
-    return _AugmentEpoch()
 
 
 def dihedral_views(images: Any, labels: Any = None) -> tuple[Any, Any]:

@@ -39,6 +39,9 @@ from typing import Any
 
 import numpy as np
 
+from lensml.data.pooled import PooledStores
+from lensml.train.callbacks import epoch_callback, time_budget_callback
+
 __all__ = [
     "LABELS",
     "MAP_KEYS",
@@ -208,7 +211,7 @@ def augment_sample(sample: Mapping[str, Any], flip_x: bool, flip_y: bool, k: int
     return out
 
 
-class StrongDataset:
+class StrongDataset(PooledStores):
     """Map-style dataset over one or more ``strong`` stores (e.g. one per variant).
 
     Items are dicts of float32 tensors: the :data:`MAP_KEYS` maps ``(1, H, H)`` (``psf``
@@ -251,40 +254,10 @@ class StrongDataset:
             raise ValueError("StrongDataset: keys must include 'image'")
         read = [*self.keys, "labels", "pixel_scale"]
         self._stores = [StoreDataset(i.root, keys=read) for i in self.infos]
-        self._offsets = np.cumsum([0] + [i.n for i in self.infos]).tolist()
-        total = self._offsets[-1]
-        self.indices = list(range(total)) if indices is None else [int(i) for i in indices]
-        if any(not 0 <= i < total for i in self.indices):
-            raise ValueError(f"StrongDataset: indices must lie in [0, {total})")
+        self._init_pool([i.n for i in self.infos], indices, augment, seed, fixed_epoch,
+                        "StrongDataset")  # fmt: skip
         self.variants = [i.variant for i in self.infos]
-        self.augment, self.seed = bool(augment), int(seed)
-        self.fixed_epoch, self.epoch = bool(fixed_epoch), 0
         self.label_names = list(LABELS)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation draws of ``epoch`` (ignored with ``fixed_epoch``)."""
-        if not self.fixed_epoch:
-            self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def locate(self, index: int) -> tuple[int, int]:
-        """(store number, item in that store) of global item ``index``."""
-        s = int(np.searchsorted(self._offsets, index, side="right")) - 1
-        return s, index - self._offsets[s]
-
-    def draw(self, index: int) -> tuple[bool, bool, int]:
-        """The (flip_x, flip_y, k) of global item ``index`` in the current epoch."""
-        import torch
-
-        from lensml.data.datasets import item_generator
-
-        if not self.augment:
-            return False, False, 0
-        u = torch.rand(4, generator=item_generator(self.seed, self.epoch, index))
-        k = 1 + min(int(u[3] * 3), 2) if bool(u[2] < 0.5) else 0
-        return bool(u[0] < 0.5), bool(u[1] < 0.5), k
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         import torch
@@ -300,30 +273,6 @@ class StrongDataset:
         sample["pixel_scale"] = raw["pixel_scale"].float().reshape(())
         sample["variant"] = torch.tensor(s)
         return sample
-
-
-def _epoch_callback(dataset: StrongDataset) -> Any:
-    from lightning.pytorch.callbacks import Callback
-
-    class _AugmentEpoch(Callback):
-        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-            dataset.set_epoch(trainer.current_epoch)
-
-    return _AugmentEpoch()
-
-
-def _time_budget_callback(seconds: float) -> Any:
-    from lightning.pytorch.callbacks import Callback
-
-    class _Budget(Callback):
-        def __init__(self) -> None:
-            self.t0 = time.perf_counter()
-
-        def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
-            if time.perf_counter() - self.t0 > seconds:
-                trainer.should_stop = True
-
-    return _Budget()
 
 
 def _read_columns(infos: Sequence[StrongStoreInfo], keys: Sequence[str]) -> dict[str, np.ndarray]:
@@ -502,9 +451,9 @@ def train_strong(
         "precision": "16-mixed",
     }
     config.update(dict(train_overrides or {}))
-    callbacks = [_epoch_callback(train_ds)]
+    callbacks = [epoch_callback(train_ds)]
     if time_budget_s is not None:
-        callbacks.append(_time_budget_callback(float(time_budget_s)))
+        callbacks.append(time_budget_callback(float(time_budget_s)))
     t0 = time.perf_counter()
     result = fit(
         model,

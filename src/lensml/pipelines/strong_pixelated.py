@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from lensml.data.pooled import PooledStores
+from lensml.train.callbacks import epoch_callback, time_budget_callback
 
 __all__ = [
     "GENERATOR",
@@ -180,7 +181,7 @@ def augment_maps(sample: Mapping[str, Any], flip_x: bool, flip_y: bool, k: int) 
     return out
 
 
-class PixelatedDataset:
+class PixelatedDataset(PooledStores):
     """Map-style dataset over ``strong-pixelated`` stores of one geometry.
 
     Items are dicts of float32 tensors: ``image``, ``source``, ``kappa`` ``(1, H, W)``,
@@ -220,38 +221,8 @@ class PixelatedDataset:
             raise ValueError(f"PixelatedDataset: unknown keys {bad}; expected among {MAP_KEYS}")
         self.keys = [k for k in MAP_KEYS if k in keys]
         self._stores = [StoreDataset(i.root, keys=[*self.keys, "sigma"]) for i in self.infos]
-        self._offsets = np.cumsum([0] + [i.n for i in self.infos]).tolist()
-        total = self._offsets[-1]
-        self.indices = list(range(total)) if indices is None else [int(i) for i in indices]
-        if any(not 0 <= i < total for i in self.indices):
-            raise ValueError(f"PixelatedDataset: indices must lie in [0, {total})")
-        self.augment, self.seed = bool(augment), int(seed)
-        self.fixed_epoch, self.epoch = bool(fixed_epoch), 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation draws of ``epoch`` (ignored with ``fixed_epoch``)."""
-        if not self.fixed_epoch:
-            self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def locate(self, index: int) -> tuple[int, int]:
-        """(store number, item in that store) of global item ``index``."""
-        s = int(np.searchsorted(self._offsets, index, side="right")) - 1
-        return s, index - self._offsets[s]
-
-    def draw(self, index: int) -> tuple[bool, bool, int]:
-        """The (flip_x, flip_y, k) of global item ``index`` in the current epoch."""
-        import torch
-
-        from lensml.data.datasets import item_generator
-
-        if not self.augment:
-            return False, False, 0
-        u = torch.rand(4, generator=item_generator(self.seed, self.epoch, index))
-        k = 1 + min(int(u[3] * 3), 2) if bool(u[2] < 0.5) else 0
-        return bool(u[0] < 0.5), bool(u[1] < 0.5), k
+        self._init_pool([i.n for i in self.infos], indices, augment, seed, fixed_epoch,
+                        "PixelatedDataset")  # fmt: skip
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         import torch
@@ -266,30 +237,6 @@ class PixelatedDataset:
         sample = augment_maps(sample, *self.draw(index))
         sample["sigma"] = raw["sigma"].float().reshape(())
         return sample
-
-
-def _epoch_callback(dataset: PixelatedDataset) -> Any:
-    from lightning.pytorch.callbacks import Callback
-
-    class _AugmentEpoch(Callback):
-        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-            dataset.set_epoch(trainer.current_epoch)
-
-    return _AugmentEpoch()
-
-
-def _time_budget_callback(seconds: float) -> Any:
-    from lightning.pytorch.callbacks import Callback
-
-    class _Budget(Callback):
-        def __init__(self) -> None:
-            self.t0 = time.perf_counter()
-
-        def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
-            if time.perf_counter() - self.t0 > seconds:
-                trainer.should_stop = True
-
-    return _Budget()
 
 
 def read_sidecar(model_dir: str | Path) -> dict[str, Any]:
@@ -337,9 +284,9 @@ def _fit(
     from lensml.data.store import write_json_atomic
     from lensml.train import fit
 
-    callbacks = [_epoch_callback(train_ds)]
+    callbacks = [epoch_callback(train_ds)]
     if time_budget_s is not None:
-        callbacks.append(_time_budget_callback(float(time_budget_s)))
+        callbacks.append(time_budget_callback(float(time_budget_s)))
     t0 = time.perf_counter()
     result = fit(
         model,
