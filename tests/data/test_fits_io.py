@@ -74,6 +74,22 @@ def test_multi_extension_maps(tmp_path):
     assert allmaps.images.shape == (3, 1, 12, 12) and allmaps.pixel_scale == pytest.approx(0.5)
 
 
+def test_extension_scales(tmp_path):
+    """A source-plane map next to the image gets its own WCS scale; bad overrides refused."""
+    p = tmp_path / "lens.fits"
+    maps = {"image": img(), "source": img(8, 8, seed=4)}
+    write_image_fits(p, maps, pixel_scale=0.06, extension_scales={"source": 0.025})
+    with fits.open(p) as hdul:
+        assert pixel_scale_from_header(hdul["IMAGE"].header) == pytest.approx(0.06)
+        assert pixel_scale_from_header(hdul["SOURCE"].header) == pytest.approx(0.025)
+        assert hdul["SOURCE"].header["CRPIX1"] == 4.5
+    with pytest.raises(FitsError, match="not a map"):
+        write_image_fits(tmp_path / "a.fits", maps, pixel_scale=0.06, extension_scales={"k": 1})
+    with pytest.raises(FitsError, match=r"extension_scales\['source'\]"):
+        write_image_fits(tmp_path / "b.fits", maps, extension_scales={"source": -1.0})
+    assert not (tmp_path / "a.fits").exists() and not (tmp_path / "b.fits").exists()
+
+
 def test_write_refuses_bad_input_and_leaves_nothing(tmp_path):
     p = tmp_path / "x.fits"
     bad = img()

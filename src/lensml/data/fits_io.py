@@ -194,6 +194,7 @@ def write_image_fits(
     center_radec: tuple[float, float] | None = None,
     header: Mapping[str, Any] | None = None,
     overwrite: bool = True,
+    extension_scales: Mapping[str, float] | None = None,
 ) -> Path:
     """Write an image, or several maps as extensions, with WCS and labels, atomically.
 
@@ -218,6 +219,9 @@ def write_image_fits(
         Extra primary-header cards ``{key: value or (value, comment)}``.
     overwrite : bool
         Replace an existing file (default True).
+    extension_scales : mapping of str to float, optional
+        Pixel scales (arcsec, > 0) of named maps that differ from ``pixel_scale`` (e.g. a
+        source-plane grid next to the image grid).
 
     Returns
     -------
@@ -240,6 +244,12 @@ def write_image_fits(
     maps = dict(image) if isinstance(image, Mapping) else {None: image}
     if not maps:
         raise FitsError(f"nothing to write to {path}: no maps given")
+    scales = dict(extension_scales or {})
+    for name, value in scales.items():
+        if name not in maps:
+            raise FitsError(f"extension_scales names {name!r}, which is not a map to write")
+        if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            raise FitsError(f"extension_scales[{name!r}] must be a finite number > 0, got {value}")
     arrays = {}
     for name, arr in maps.items():
         a = _to_numpy(arr)
@@ -262,8 +272,9 @@ def write_image_fits(
         else:
             target = fits.ImageHDU(a, name=str(name).upper())
             hdus.append(target)
-        if pixel_scale is not None:
-            for key, card in _wcs_cards(a.shape, float(pixel_scale), center_radec).items():
+        scale = scales.get(name, pixel_scale) if name is not None else pixel_scale
+        if scale is not None:
+            for key, card in _wcs_cards(a.shape, float(scale), center_radec).items():
                 target.header[key] = card
     return write_hdulist_atomic(fits.HDUList(hdus), path, overwrite)
 

@@ -40,7 +40,7 @@ the machine's accelerator.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -55,6 +55,7 @@ __all__ = [
     "ConfigError",
     "SampleGenerator",
     "get_generator",
+    "label_cards",
     "shard_rng",
     "shard_seed",
     "validate_config",
@@ -141,6 +142,34 @@ class SampleGenerator:
         if "labels" in item and label_names:
             labels = {k: float(v) for k, v in zip(label_names, item["labels"], strict=True)}
         write_image_fits(path, image, pixel_scale=self.pixel_scale(config), labels=labels)
+
+
+def label_cards(
+    item: Mapping[str, Any],
+    label_names: Sequence[str],
+    label_units: Mapping[str, tuple[str, str]],
+    metadata_units: Mapping[str, tuple[str, str]] | None = None,
+) -> tuple[dict[str, float], dict[str, str], dict[str, str]]:
+    """Header values, units and comments of one item's labels (and per-item metadata).
+
+    ``label_units`` maps a label to ``(unit, description)``; ``metadata_units`` names scalar
+    per-item arrays of ``item`` to add with their unit (no description: the card is short).
+    Returns ``(values, units, comments)`` for :func:`lensml.data.fits_io.write_image_fits`.
+    """
+    import numpy as np
+
+    values: dict[str, float] = {}
+    units: dict[str, str] = {}
+    comments: dict[str, str] = {}
+    labels = np.asarray(item["labels"]).reshape(-1) if "labels" in item else []
+    for name, value in zip(label_names, labels, strict=True):
+        values[name] = float(value)
+        units[name], comments[name] = label_units.get(name, ("", ""))
+    for key, (unit, _doc) in (metadata_units or {}).items():
+        if key in item:
+            values[key] = float(np.asarray(item[key]).reshape(()))
+            units[key], comments[key] = unit, ""
+    return values, units, comments
 
 
 def get_generator(name: str) -> SampleGenerator:

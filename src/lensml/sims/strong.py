@@ -523,13 +523,10 @@ class StrongGenerator(SampleGenerator):
         """One FITS file per lens: extensions IMAGE, SOURCE, KAPPA, PSF, NOISE (σ), LENS_LIGHT;
         labels and metadata with units in the primary header. SOURCE's WCS uses the source-grid
         pixel scale (``SRCSCALE``)."""
-        import os
-        import uuid
-
         import numpy as np
-        from astropy.io import fits
 
         from lensml.data.fits_io import write_image_fits
+        from lensml.sims.base import label_cards
 
         def plane(key: str) -> np.ndarray:
             return np.asarray(item[key], dtype=np.float32).reshape(item[key].shape[-2:])
@@ -544,42 +541,17 @@ class StrongGenerator(SampleGenerator):
             "noise": plane("noise_sigma"),
             "lens_light": plane("lens_light"),
         }
-        labels: dict[str, float] = {}
-        units: dict[str, str] = {}
-        comments: dict[str, str] = {}
-        for name, value in zip(label_names, np.asarray(item["labels"]).reshape(-1), strict=True):
-            labels[name] = float(value)
-            units[name], comments[name] = LABEL_UNITS.get(name, ("", ""))
-        for key, (unit, _doc) in METADATA_UNITS.items():
-            if key in item:  # documented in METADATA_UNITS; the unit alone fits the card
-                labels[key] = float(np.asarray(item[key]).reshape(()))
-                units[key], comments[key] = unit, ""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.strong-{uuid.uuid4().hex}")
+        labels, units, comments = label_cards(item, label_names, LABEL_UNITS, METADATA_UNITS)
         header = {
             "GENERATR": ("strong", "lensml generator"),
             "VARIANT": (str(config.variant), "AstroRIM realism variant"),
             "BUNIT": ("ADU", "image, source, noise, lens_light units"),
             "SRCSCALE": (src_scale, "source-plane pixel scale, arcsec"),
         }
-        try:
-            write_image_fits(
-                tmp,
-                maps,
-                pixel_scale=scale,
-                labels=labels,
-                label_units=units,
-                label_comments=comments,
-                header=header,
-            )
-            with fits.open(tmp, mode="update") as hdul:
-                hd = hdul["SOURCE"].header
-                hd["CDELT1"], hd["CDELT2"] = -src_scale / 3600.0, src_scale / 3600.0
-                hd["PIXSCALE"] = (src_scale, "arcsec / pixel")
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        write_image_fits(
+            path, maps, pixel_scale=scale, labels=labels, label_units=units,
+            label_comments=comments, header=header, extension_scales={"source": src_scale},
+        )  # fmt: skip
 
 
 def strong_config(variant: str = "v6", **overrides: Any) -> BaseModel:

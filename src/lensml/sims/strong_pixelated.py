@@ -348,13 +348,10 @@ class StrongPixelatedGenerator(SampleGenerator):
         """One FITS file per example: extensions IMAGE, SOURCE, KAPPA, PSF; labels, σ and
         metadata with units in the primary header. SOURCE's WCS uses the source pixel scale
         (``SRCSCALE``). Written atomically (temporary file, then rename)."""
-        import os
-        import uuid
-
         import numpy as np
-        from astropy.io import fits
 
         from lensml.data.fits_io import write_image_fits
+        from lensml.sims.base import label_cards
 
         def plane(key: str) -> np.ndarray:
             return np.asarray(item[key], dtype=np.float32).reshape(item[key].shape[-2:])
@@ -362,42 +359,17 @@ class StrongPixelatedGenerator(SampleGenerator):
         scale = self.pixel_scale(config)
         src_scale = float(config.source_fov) / int(config.n_source)
         maps = {key: plane(key) for key in ("image", "source", "kappa", "psf")}
-        labels: dict[str, float] = {}
-        units: dict[str, str] = {}
-        comments: dict[str, str] = {}
-        for name, value in zip(label_names, np.asarray(item["labels"]).reshape(-1), strict=True):
-            labels[name] = float(value)
-            units[name], comments[name] = LABEL_UNITS.get(name, ("", ""))
-        for key, (unit, _doc) in METADATA_UNITS.items():
-            if key in item:
-                labels[key] = float(np.asarray(item[key]).reshape(()))
-                units[key], comments[key] = unit, ""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.spx-{uuid.uuid4().hex}")
+        labels, units, comments = label_cards(item, label_names, LABEL_UNITS, METADATA_UNITS)
         header = {
             "GENERATR": ("strong-pixelated", "lensml generator"),
             "PRESET": (str(config.preset), "grid preset"),
             "BUNIT": ("", "surface brightness, source peak = 1"),
             "SRCSCALE": (src_scale, "source pixel scale, arcsec"),
         }
-        try:
-            write_image_fits(
-                tmp,
-                maps,
-                pixel_scale=scale,
-                labels=labels,
-                label_units=units,
-                label_comments=comments,
-                header=header,
-            )
-            with fits.open(tmp, mode="update") as hdul:
-                hd = hdul["SOURCE"].header
-                hd["CDELT1"], hd["CDELT2"] = -src_scale / 3600.0, src_scale / 3600.0
-                hd["PIXSCALE"] = (src_scale, "arcsec / pixel")
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        write_image_fits(
+            path, maps, pixel_scale=scale, labels=labels, label_units=units,
+            label_comments=comments, header=header, extension_scales={"source": src_scale},
+        )  # fmt: skip
 
 
 def strong_pixelated_config(preset: str = "paper", **overrides: Any) -> BaseModel:
