@@ -30,31 +30,12 @@ panel (data, model, residual, source, log10 κ).
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 __all__ = ["predict_pixelated"]
-
-
-def _input_scale(pixel_scale: float | None, header_scale: float | None, path: Path,
-                 notes: list[str]) -> float:  # fmt: skip
-    if pixel_scale is not None:
-        if not (isinstance(pixel_scale, int | float) and math.isfinite(pixel_scale)) or (
-            pixel_scale <= 0
-        ):
-            raise ValueError(f"pixel_scale must be a finite number > 0 arcsec, got {pixel_scale!r}")
-        if header_scale is not None and abs(header_scale - pixel_scale) > 1e-4 * pixel_scale:
-            notes.append(f"pixel_scale={pixel_scale:g}″ overrides the header's {header_scale:g}″")
-        return float(pixel_scale)
-    if header_scale is None:
-        raise ValueError(
-            f"image {path}: no usable pixel scale in the header (CD, CDELT or PIXSCALE); pass "
-            "pixel_scale=... (--pixel-scale) in arcsec/pixel"
-        )
-    return float(header_scale)
 
 
 def predict_pixelated(
@@ -123,15 +104,13 @@ def predict_pixelated(
     """
     import torch
 
-    from lensml.data.fits_io import pixel_scale_from_header
     from lensml.physics.pixelated_lensing import einstein_radius_from_kappa, gaussian_psf_kernels
     from lensml.pipelines.strong_pixelated import load_rim, load_vae
     from lensml.pipelines.strong_predict import (
-        NONLINEAR_WARNING,
         _read_2d,
         _resample,
         _working_grid,
-        is_nonlinear,
+        read_lens_image,
     )
 
     path = Path(fits)
@@ -154,22 +133,14 @@ def predict_pixelated(
                                   and sigma > 0):  # fmt: skip
         raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
 
-    image, header = _read_2d(path, "image", hdu)
-    notes: list[str] = []
-    warns: list[str] = []
-    in_scale = _input_scale(pixel_scale, pixel_scale_from_header(header, str(path)), path, notes)
-    if is_nonlinear(image):
-        warnings.warn(NONLINEAR_WARNING, UserWarning, stacklevel=2)
-        warns.append(NONLINEAR_WARNING)
-    bad = ~np.isfinite(image)
-    if bad.any() and not mask_nonfinite:
-        raise ValueError(
-            f"image {path}: {int(bad.sum())} NaN or inf pixel(s); fix them or pass "
-            "mask_nonfinite=True (--mask-nan) to set them to 0 and exclude them from chi2"
-        )
-    if bad.any():
-        notes.append(f"{int(bad.sum())} NaN/inf pixel(s) set to 0 and excluded from chi2")
-    image = np.where(bad, 0.0, image)
+    img = read_lens_image(path, hdu, pixel_scale, mask_nonfinite)
+    image, bad, in_scale, notes, warns = (
+        img.image,
+        img.bad,
+        img.pixel_scale,
+        img.notes,
+        img.warnings,
+    )
 
     rim, side = load_rim(model, device=device)
     n, scale = int(side["n_image"]), float(side["fov"]) / int(side["n_image"])

@@ -39,12 +39,20 @@ import itertools
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["NONLINEAR_WARNING", "is_nonlinear", "predict_strong", "predicted_kappa"]
+__all__ = [
+    "NONLINEAR_WARNING",
+    "LensImage",
+    "is_nonlinear",
+    "predict_strong",
+    "predicted_kappa",
+    "read_lens_image",
+]
 
 NONLINEAR_WARNING = (
     "the image looks non-linear (integer values in 0-255 with few levels, e.g. an 8-bit "
@@ -132,6 +140,84 @@ def _working_grid(
     return scale
 
 
+@dataclass
+class LensImage:
+    """A checked lens image (:func:`read_lens_image`).
+
+    Attributes
+    ----------
+    image : ndarray
+        float64 pixels, NaN/inf (if masked) set to 0.
+    bad : ndarray
+        Boolean mask of the masked pixels.
+    pixel_scale : float
+        Input pixel scale, arcsec.
+    header : astropy Header
+        The image HDU's header.
+    notes, warnings : list of str
+        What was assumed or overridden, and the warning texts issued.
+    """
+
+    image: np.ndarray
+    bad: np.ndarray
+    pixel_scale: float
+    header: Any
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def read_lens_image(
+    path: str | Path,
+    hdu: int | str | None,
+    pixel_scale: float | None,
+    mask_nonfinite: bool,
+) -> LensImage:
+    """Read a lens image and apply the checks shared by the strong-lensing predictors.
+
+    Pixel scale from ``pixel_scale`` (overrides the header, noted) or the header (refused
+    without either); 8-bit-like images warn (:data:`NONLINEAR_WARNING`); NaN/inf pixels are an
+    error unless ``mask_nonfinite`` (then set to 0, noted).
+
+    Returns
+    -------
+    LensImage
+    """
+    from lensml.data.fits_io import pixel_scale_from_header
+
+    path = Path(path)
+    image, header = _read_2d(path, "image", hdu)
+    notes: list[str] = []
+    warns: list[str] = []
+    header_scale = pixel_scale_from_header(header, str(path))
+    if pixel_scale is not None:
+        if not (isinstance(pixel_scale, int | float) and math.isfinite(pixel_scale)) or (
+            pixel_scale <= 0
+        ):
+            raise ValueError(f"pixel_scale must be a finite number > 0 arcsec, got {pixel_scale!r}")
+        if header_scale is not None and abs(header_scale - pixel_scale) > 1e-4 * pixel_scale:
+            notes.append(f"pixel_scale={pixel_scale:g}″ overrides the header's {header_scale:g}″")
+        in_scale = float(pixel_scale)
+    elif header_scale is None:
+        raise ValueError(
+            f"image {path}: no usable pixel scale in the header (CD, CDELT or PIXSCALE); pass "
+            "pixel_scale=... (--pixel-scale) in arcsec/pixel"
+        )
+    else:
+        in_scale = float(header_scale)
+    if is_nonlinear(image):
+        warnings.warn(NONLINEAR_WARNING, UserWarning, stacklevel=3)
+        warns.append(NONLINEAR_WARNING)
+    bad = ~np.isfinite(image)
+    if bad.any() and not mask_nonfinite:
+        raise ValueError(
+            f"image {path}: {int(bad.sum())} NaN or inf pixel(s); fix them or pass "
+            "mask_nonfinite=True (--mask-nan) to set them to 0 and exclude them from chi2"
+        )
+    if bad.any():
+        notes.append(f"{int(bad.sum())} NaN/inf pixel(s) set to 0 and excluded from chi2")
+    return LensImage(np.where(bad, 0.0, image), bad, in_scale, header, notes, warns)
+
+
 def predict_strong(
     fits: str | Path,
     model: str | Path,
@@ -192,43 +278,14 @@ def predict_strong(
     """
     import torch
 
-    from lensml.data.fits_io import pixel_scale_from_header
     from lensml.nets.astrorim import params_to_labels
     from lensml.pipelines.strong import read_sidecar
     from lensml.pipelines.strong_eval import load_astrorim, physical_quantities
 
     path = Path(fits)
-    image, header = _read_2d(path, "image", hdu)
-    notes: list[str] = []
-    warns: list[str] = []
-    header_scale = pixel_scale_from_header(header, str(path))
-    if pixel_scale is not None:
-        if not (isinstance(pixel_scale, int | float) and math.isfinite(pixel_scale)) or (
-            pixel_scale <= 0
-        ):
-            raise ValueError(f"pixel_scale must be a finite number > 0 arcsec, got {pixel_scale!r}")
-        if header_scale is not None and abs(header_scale - pixel_scale) > 1e-4 * pixel_scale:
-            notes.append(f"pixel_scale={pixel_scale:g}″ overrides the header's {header_scale:g}″")
-        in_scale = float(pixel_scale)
-    elif header_scale is None:
-        raise ValueError(
-            f"image {path}: no usable pixel scale in the header (CD, CDELT or PIXSCALE); pass "
-            "pixel_scale=... (--pixel-scale) in arcsec/pixel"
-        )
-    else:
-        in_scale = float(header_scale)
-    if is_nonlinear(image):
-        warnings.warn(NONLINEAR_WARNING, UserWarning, stacklevel=2)
-        warns.append(NONLINEAR_WARNING)
-    bad = ~np.isfinite(image)
-    if bad.any() and not mask_nonfinite:
-        raise ValueError(
-            f"image {path}: {int(bad.sum())} NaN or inf pixel(s); fix them or pass "
-            "mask_nonfinite=True (--mask-nan) to set them to 0 and exclude them from chi2"
-        )
-    if bad.any():
-        notes.append(f"{int(bad.sum())} NaN/inf pixel(s) set to 0 and excluded from chi2")
-    image = np.where(bad, 0.0, image)
+    img = read_lens_image(path, hdu, pixel_scale, mask_nonfinite)
+    image, bad, in_scale, header = img.image, img.bad, img.pixel_scale, img.header
+    notes, warns = img.notes, img.warnings
 
     if variance is not None:
         var, _ = _read_2d(variance, "variance")
