@@ -1,11 +1,11 @@
 """Benchmark: pixelated RIM (Adam et al.) — baseline vs EWC fine-tuning on held-out lenses.
 
-CPU small run (≈ 45–60 min on 2 cores with the defaults), all in one process:
+CPU small run (≈ 60–75 min on 2 cores with the defaults), all in one process:
 
 1. simulate ``--n-train`` training and ``--n-test`` held-out systems with the ``small`` preset
    of ``strong-pixelated`` (64² image over 7.69″, 64² source over 3″; Table 1 PSF and noise);
 2. train the source and log10 κ VAEs (``vae-source-small``, ``vae-kappa-small``) for
-   ``--vae-seconds`` each, then simulate ``--n-vae`` extra training systems whose maps come from
+   ``--vae-seconds`` each (Adam at ``--vae-lr``: the paper's 1e-4 is for 500 k steps), then simulate ``--n-vae`` extra training systems whose maps come from
    the VAEs with probability 0.5 (the paper's enlarged training set; skipped with 0);
 3. train ``rim-pixelated-small`` for ``--rim-seconds`` (Adamax, lr ``--lr``, Table 7 decay);
 4. evaluate on every held-out system (:func:`lensml.pipelines.strong_pixelated_eval.
@@ -25,7 +25,7 @@ reused, so an interrupted run resumes.
 
 Usage::
 
-    nice -n 5 python benchmarks/rim_pixelated.py [--rim-seconds 1500] [--n-finetune 16]
+    nice -n 5 python benchmarks/rim_pixelated.py [--rim-seconds 2400] [--n-finetune 16]
 """
 
 from __future__ import annotations
@@ -107,8 +107,9 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=4000)
     ap.add_argument("--n-vae", type=int, default=1000)
     ap.add_argument("--n-test", type=int, default=64)
-    ap.add_argument("--vae-seconds", type=float, default=240.0)
-    ap.add_argument("--rim-seconds", type=float, default=1500.0)
+    ap.add_argument("--vae-seconds", type=float, default=300.0)
+    ap.add_argument("--vae-lr", type=float, default=1e-3)
+    ap.add_argument("--rim-seconds", type=float, default=2400.0)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--n-finetune", type=int, default=16)
@@ -150,7 +151,7 @@ def main() -> None:
         if not (model_dir / "model.json").is_file():
             t0 = time.perf_counter()
             train_vae(work / "train", kind, out_dir=work / f"vae-{kind}", epochs=1000,
-                      batch_size=32, seed=args.seed, device=dev, progress=False,
+                      lr=args.vae_lr, batch_size=32, seed=args.seed, device=dev, progress=False,
                       time_budget_s=args.vae_seconds)  # fmt: skip
             timings[f"vae_{kind}_s"] = time.perf_counter() - t0
         vae_dirs[kind] = model_dir.resolve()
