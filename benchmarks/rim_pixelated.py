@@ -5,8 +5,9 @@ CPU small run (≈ 60–75 min on 2 cores with the defaults), all in one process
 1. simulate ``--n-train`` training and ``--n-test`` held-out systems with the ``small`` preset
    of ``strong-pixelated`` (64² image over 7.69″, 64² source over 3″; Table 1 PSF and noise);
 2. train the source and log10 κ VAEs (``vae-source-small``, ``vae-kappa-small``) for
-   ``--vae-seconds`` each (Adam at ``--vae-lr``: the paper's 1e-4 is for 500 k steps), then simulate ``--n-vae`` extra training systems whose maps come from
-   the VAEs with probability 0.5 (the paper's enlarged training set; skipped with 0);
+   ``--vae-seconds`` each (Adam at ``--vae-lr``: the paper's 1e-4 is for 500 k steps), then
+   simulate ``--n-vae`` extra training systems whose maps come from the VAEs with probability
+   0.5 (the paper's enlarged training set; skipped with 0);
 3. train ``rim-pixelated-small`` for ``--rim-seconds`` (Adamax, lr ``--lr``, Table 7 decay);
 4. evaluate on every held-out system (:func:`lensml.pipelines.strong_pixelated_eval.
    evaluate_pixelated`) and fine-tune the first ``--n-finetune`` of them (§2.5; RMSProp, λ,
