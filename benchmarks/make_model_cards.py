@@ -87,6 +87,45 @@ def _clusters_card() -> dict:
     }  # fmt: skip
 
 
+def _pixelated_cards() -> dict:
+    """The strong-pixelated RIM and its two VAEs, from benchmarks/rim_pixelated.py."""
+    res = json.loads((RESULTS / "rim_pixelated.json").read_text())
+    args, ev = res["args"], res["evaluation"]
+    data = {"generator": "strong-pixelated", "config": {"preset": "small"},
+            "n_train_total": args["n_train"], "n_vae_extra": args["n_vae"],
+            "seed": args["seed"]}  # fmt: skip
+    inputs = {"image": "64x64 pixels over 7.69 arcsec (0.12 arcsec/pixel), source units "
+              "(peak-1 source), white noise sigma 0.001-0.1, Gaussian PSF FWHM 0.06-0.3 arcsec",
+              "source_grid": "64x64 over 3 arcsec"}  # fmt: skip
+    base = {"pipeline": "strong-pixelated", "training_data": data, "intended_inputs": inputs,
+            "trained_by": "python benchmarks/rim_pixelated.py (defaults, CPU)"}  # fmt: skip
+    ft = ev.get("finetune") or {}
+    rim = base | {
+        "name": "rim-pixelated-small",
+        "network": "rim-pixelated-small (U-net [8, 16, 32] with ConvGRU memories, T = 8)",
+        "training": res["rim_training"],
+        "heldout_metrics": {"n": ev["n"], "baseline": ev["baseline"],
+                            "finetune": {k: ft.get(k) for k in (
+                                "n", "chi2_nu_baseline", "chi2_nu_finetuned",
+                                "log10_loss_baseline", "log10_loss_finetuned",
+                                "source_coherence_higher_fraction_of_k")} if ft else None},
+        "limitations": "CPU-scale training (minutes; the paper trains 10 days on an A100): "
+                       "a demonstration of the method at 64 px, not a usable lens model.",
+    }  # fmt: skip
+    cards = {("strong-pixelated", "rim-pixelated-small"): rim}
+    for kind in ("source", "kappa"):
+        cards[("strong-pixelated", f"vae-{kind}-small")] = base | {
+            "name": f"vae-{kind}-small",
+            "network": f"vae-{kind}-small (Appendix B architecture at 64 px)",
+            "training": {"seconds": res["timings"].get(f"vae_{kind}_s"),
+                         "lr": args.get("vae_lr")},
+            "heldout_metrics": {"note": "reconstruction error in ci_check"},
+            "limitations": "CPU-scale training (minutes): blurry samples; used for the "
+                           "fine-tuning's Fisher samples and the quickstart.",
+        }  # fmt: skip
+    return cards
+
+
 def main() -> int:
     from lensml.models import ROOT as MODELS
     from lensml.models import ShippedModel, check_model
@@ -94,11 +133,15 @@ def main() -> int:
     cards = {("shear", "shear-cnn"): _shear_card(), ("clusters", "vgg-small"): _clusters_card()}
     for name in ("galnet-1-small", "galnet-2-small"):
         cards[("sersic", name)] = _sersic_card(name)
+    if (MODELS / "strong-pixelated").is_dir():
+        cards.update(_pixelated_cards())
     checks = {
         "shear": {"generator": "shear", "config": {}, "seed": 20261121, "n": 512},
         "sersic": {"generator": "sersic", "config": {}, "seed": 20261121, "n": 256},
         "clusters": {"generator": "clusters", "config": {"size": 64, "pixel_scale": 16.0},
                      "noise": "euclid", "seed": 20261121, "n": 256},
+        "strong-pixelated": {"generator": "strong-pixelated", "config": {"preset": "small"},
+                             "seed": 20261121, "n": 8},
     }  # fmt: skip
     for (pipeline, name), card in cards.items():
         path = MODELS / pipeline / name

@@ -85,6 +85,8 @@ def check_model(entry: ShippedModel) -> dict[str, float]:
         return _check_sersic(entry.path, check)
     if entry.pipeline == "clusters":
         return _check_clusters(entry.path, check)
+    if entry.pipeline == "strong-pixelated":
+        return _check_strong_pixelated(entry.path, check)
     raise ValueError(f"model {entry.path}: no CI check for pipeline {entry.pipeline!r}")
 
 
@@ -155,3 +157,31 @@ def _check_clusters(path: Path, check: dict[str, Any]) -> dict[str, float]:
     d_c = pred[:, decoded.index("c_vir")] - true[:, LABELS.index("c_vir")]
     return {"rms_log10_mvir": float(np.sqrt(np.mean(d_m**2))),
             "median_bias_c_vir": float(np.median(d_c))}  # fmt: skip
+
+
+def _check_strong_pixelated(path: Path, check: dict[str, Any]) -> dict[str, float]:
+    """RIM: median χ²_ν and mean log10 eq.-7 loss; VAE: mean squared reconstruction error
+    (in the network's preprocessed space) on the seeded held-out maps."""
+    import numpy as np
+    import torch
+
+    from lensml.pipelines.strong_pixelated import read_sidecar
+    from lensml.train import load_model
+
+    data = {k: torch.as_tensor(np.asarray(v)) for k, v in _simulate("strong-pixelated",
+                                                                   check).items()}  # fmt: skip
+    net, _ = load_model(path)
+    net.eval()
+    role = read_sidecar(path)["role"]
+    with torch.no_grad():
+        if role == "rim":
+            s_steps, x_steps = net.unroll(data["image"], data["sigma"], data["psf"])
+            loss = net.per_example_loss(s_steps, x_steps, data["source"], data["kappa"])
+            chi2 = net.lens.reduced_chi2(data["image"], s_steps[-1], net.link(x_steps[-1]),
+                                         data["sigma"], data["psf"])  # fmt: skip
+            return {"median_chi2_nu": float(chi2.median()),
+                    "mean_log10_loss": float(torch.log10(loss).mean())}  # fmt: skip
+        kind = role.removeprefix("vae-")
+        x = data[kind]
+        err = (net.preprocess(net(x)) - net.preprocess(x)) ** 2
+        return {"mse_preprocessed": float(err.mean())}
