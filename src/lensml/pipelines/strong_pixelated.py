@@ -550,8 +550,10 @@ def train_rim(
 
 # ----------------------------------------------------------------------------- loading
 def _load(model: str | Path, role: str, device: str) -> tuple[Any, dict[str, Any]]:
+    from lensml.models import resolve_model
     from lensml.train import load_model
 
+    model = resolve_model(model, GENERATOR)  # a directory, or a shipped model's name
     side = read_sidecar(model)
     if side.get("role") != role:
         raise ValueError(f"model {model}: a {side.get('role')!r} model, expected {role!r}")
@@ -561,7 +563,8 @@ def _load(model: str | Path, role: str, device: str) -> tuple[Any, dict[str, Any
 
 
 def load_rim(model: str | Path, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
-    """Load a RIM trained by :func:`train_rim`: (network in eval mode, sidecar)."""
+    """Load a RIM trained by :func:`train_rim` (a directory, or the name of a shipped model
+    such as ``rim-pixelated-small``): (network in eval mode, sidecar)."""
     return _load(model, "rim", device)
 
 
