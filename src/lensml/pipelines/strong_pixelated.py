@@ -500,6 +500,12 @@ def train_rim(
     if n < 2:
         raise ValueError(f"data_dir: need at least 2 items to train, got {n}")
     info = infos[0]
+    import lensml.nets  # noqa: F401  (registers the networks)
+    from lensml.registry import NETWORKS
+
+    if network not in NETWORKS or not callable(getattr(NETWORKS.get(network), "unroll", None)):
+        raise ValueError(f"network {network!r} is not a pixelated RIM (rim-pixelated, "
+                         "rim-pixelated-small)")  # fmt: skip
     net_cfg: dict[str, Any] = {
         "n_image": info.n_image,
         "fov": info.fov,

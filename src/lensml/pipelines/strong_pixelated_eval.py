@@ -209,7 +209,7 @@ def evaluate_pixelated(
         "baseline": {
             "chi2_nu": _stats(chi2_b),
             "chi2_summary": met.chi2_distribution_summary(chi2_b, nu),
-            "log10_loss": dict(zip(("mu", "sigma"), met.lognormal_moments(loss_b), strict=True)),
+            "log10_loss": _moments(loss_b),
             "chi2_vs_snr": met.chi2_vs_snr(chi2_b, snr).as_dict() if n >= 8 else None,
             "seconds_per_system": base["seconds"] / n,
         },
@@ -257,7 +257,7 @@ def evaluate_pixelated(
         kap_bands_f = met.coherence_bands(g_kap_f)
         higher = np.asarray(src_bands_f["mean"]) > np.asarray(src_bands_b["mean"])
         ok = np.isfinite(src_bands_f["mean"]) & np.isfinite(src_bands_b["mean"])
-        paired = met.paired_log_loss_test(loss_b[:m], loss_f)
+        paired = met.paired_log_loss_test(loss_b[:m], loss_f).as_dict() if m >= 2 else {}
         result["finetune"] = {
             "n": m,
             "config": {k: getattr(ft_cfg, k) for k in ft_cfg.__dataclass_fields__},
@@ -272,13 +272,9 @@ def evaluate_pixelated(
             "fraction_closer_to_1": float(
                 np.mean(np.abs(np.log10(chi2_f)) < np.abs(np.log10(chi2_bs)))
             ),
-            "log10_loss_baseline": dict(
-                zip(("mu", "sigma"), met.lognormal_moments(loss_b[:m]), strict=True)
-            ),
-            "log10_loss_finetuned": dict(
-                zip(("mu", "sigma"), met.lognormal_moments(loss_f), strict=True)
-            ),
-            "paired_log_loss": paired.as_dict(),
+            "log10_loss_baseline": _moments(loss_b[:m]),
+            "log10_loss_finetuned": _moments(loss_f),
+            "paired_log_loss": paired,
             "source_coherence_higher_fraction_of_k": float(higher[ok].mean()) if ok.any() else None,
             "source_coherence_mean_gain": float(np.nanmean(
                 np.asarray(src_bands_f["mean"]) - np.asarray(src_bands_b["mean"]))),
@@ -326,6 +322,16 @@ def evaluate_pixelated(
     if print_table:
         _print_tables(tables)
     return result
+
+
+def _moments(losses: Any) -> dict[str, float | None]:
+    """Table 4's log10-normal (μ, σ) of the losses; None for fewer than two systems."""
+    from lensml.pipelines.strong_pixelated_metrics import lognormal_moments
+
+    if len(losses) < 2:
+        return {"mu": None, "sigma": None}
+    mu, sigma = lognormal_moments(losses)
+    return {"mu": mu, "sigma": sigma}
 
 
 def _bands(b: Mapping[str, Any]) -> dict[str, list[float]]:

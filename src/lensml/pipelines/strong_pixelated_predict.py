@@ -253,7 +253,7 @@ def _write_output(out: Path, data: np.ndarray, source: np.ndarray, kappa: np.nda
     primary = fits.PrimaryHDU()
     h = primary.header
     h["PIPELINE"] = ("lensml strong-pixelated", "pixelated RIM prediction")
-    h["PEAK"] = (peak, "input units per model pixel of 1.0 in DATA/SOURCE/MODEL")
+    h["PEAK"] = (peak, "input units of 1.0 in DATA/SOURCE/MODEL")
     h["SIGMA"] = (sigma, "noise sigma in DATA units")
     h["CHI2NU"] = (chi2, "reduced chi2 of MODEL (unmasked pixels)")
     h["THETAE"] = (theta["enclosed"], "arcsec, mean kappa = 1 inside (enclosed)")
