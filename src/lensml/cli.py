@@ -228,11 +228,14 @@ def info(ctx: typer.Context) -> None:
 def info_nets() -> None:
     """Every registered network with its default configuration's parameter count."""
     _load_registries()
+    import torch
+
     from lensml.registry import NETWORKS
     from lensml.train import build_network
 
     for name in NETWORKS.names():
-        net = build_network(name)
+        with torch.device("meta"):  # shapes only: the 311 M-parameter presets allocate nothing
+            net = build_network(name)
         count = sum(p.numel() for p in net.parameters())
         size = getattr(net, "config", {}).get("input_size")
         where = f"  (input {size}×{size})" if isinstance(size, int) else ""
