@@ -7,7 +7,10 @@ CPU small run (≈ 60–75 min on 2 cores with the defaults), all in one process
 2. train the source and log10 κ VAEs (``vae-source-small``, ``vae-kappa-small``) for
    ``--vae-seconds`` each (Adam at ``--vae-lr``: the paper's 1e-4 is for 500 k steps), then
    simulate ``--n-vae`` extra training systems whose maps come from the VAEs with probability
-   0.5 (the paper's enlarged training set; skipped with 0);
+   0.5 (the paper's enlarged training set; skipped with 0). ``--vae-mode posterior`` (default)
+   decodes posterior samples of freshly drawn maps: minutes of CPU training leave the VAEs'
+   aggregate posterior far from N(0, I), so their prior samples are not galaxies or lenses;
+   ``prior`` is the paper's choice for well-trained VAEs;
 3. train ``rim-pixelated-small`` for ``--rim-seconds`` (Adamax, lr ``--lr``, Table 7 decay);
 4. evaluate on every held-out system (:func:`lensml.pipelines.strong_pixelated_eval.
    evaluate_pixelated`) and fine-tune the first ``--n-finetune`` of them (§2.5; RMSProp, λ,
@@ -110,6 +113,7 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=64)
     ap.add_argument("--vae-seconds", type=float, default=300.0)
     ap.add_argument("--vae-lr", type=float, default=1e-3)
+    ap.add_argument("--vae-mode", choices=("prior", "posterior"), default="posterior")
     ap.add_argument("--rim-seconds", type=float, default=2400.0)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -162,7 +166,7 @@ def main() -> None:
     if args.n_vae > 0:
         t0 = time.perf_counter()
         cfg = {**preset, "vae_source": str(vae_dirs["source"]), "vae_kappa": str(vae_dirs["kappa"]),
-               "vae_fraction": 0.5}  # fmt: skip
+               "vae_fraction": 0.5, "vae_mode": args.vae_mode}  # fmt: skip
         try:
             run_simulate("strong-pixelated", args.n_vae, work / "train-vae", args.seed + 2000,
                          config=cfg, shard_size=500, progress=False)  # fmt: skip

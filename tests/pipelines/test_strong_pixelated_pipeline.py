@@ -374,6 +374,24 @@ def test_generator_vae_draws(models):
     # only a source VAE: κ maps stay the generator's
     src1, kap1, before1 = draw(1, strong_pixelated_config("tiny", vae_source=vs))
     assert bool((src1["kind"] == 2).all()) and torch.equal(kap1["kappa"], before1["kappa"])
+    # posterior mode: a decoded posterior sample of each analytic map (a variation of it)
+    cp = strong_pixelated_config("tiny", vae_source=vs, vae_kappa=vk, vae_mode="posterior")
+    srcp, kapp, _ = draw(0, cp)
+    assert bool((srcp["kind"] == 2).all()) and bool((kapp["family"] == 2).all())
+    assert torch.allclose(srcp["source"].amax(dim=(1, 2, 3)), torch.ones(4))
+    assert not torch.equal(srcp["source"], src["source"])  # not the prior draws
+    # ... namely decode(μ(x) + σ(x) ε) of the analytic source x, ε from the same generator
+    g = torch.Generator().manual_seed(0)
+    draw_kappa_maps(4, g, N, FOV, cp.kappa, dtype=torch.float32)
+    x = draw_sources(4, g, cp)["source"]
+    torch.rand(4, generator=g)  # the vae_fraction draw
+    vae_s, _ = load_vae(vs, "source")
+    with torch.no_grad():
+        mu, logvar = vae_s.encode(x)
+        eps = torch.randn(mu.shape, generator=g, dtype=mu.dtype)
+        want = vae_s.decode(mu + torch.exp(0.5 * logvar) * eps).clamp_min(0)
+    want = want / want.amax(dim=(1, 2, 3), keepdim=True)
+    torch.testing.assert_close(srcp["source"], want)
 
 
 def test_generator_vae_of_the_wrong_kind_or_size(models):
