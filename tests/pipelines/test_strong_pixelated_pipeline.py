@@ -9,6 +9,7 @@ import itertools
 import json
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -623,3 +624,23 @@ def test_predict_bad_input(item, models, lens_fits, tmp_path):
         r8 = predict_pixelated(tmp_path / "eight.fits", rim, tmp_path / "e.fits", psf_fwhm=0.1,
                                panel=False)  # fmt: skip
     assert r8["warnings"] and fits.getheader(tmp_path / "e.fits")["NONLIN"]
+
+
+# ----------------------------------------------------------------------------- quickstart
+def test_quickstart_section_with_the_shipped_models(tmp_path):
+    """The report section: shipped RIM and VAEs, held-out systems, one fine-tuned."""
+    from lensml.pipelines.strong_pixelated import quickstart_section, shipped_models
+
+    assert shipped_models() is not None, "the model zoo ships rim-pixelated-small and its VAEs"
+    paths, summary = quickstart_section(tmp_path / "qs", seed=0)
+    assert summary["shipped_weights"] and "shipped rim-pixelated-small" in summary["text"]
+    names = {p.name for p in paths}
+    assert {"reconstructions.png", "coherence.png", "strong_pixelated_eval.json"} <= names
+    assert not (tmp_path / "qs" / "work").exists()
+    result = json.loads((tmp_path / "qs" / "strong_pixelated_eval.json").read_text())
+    ft = result["finetune"]
+    assert (
+        ft["n"] == 1
+        and ft["per_system"][0]["chi2_finetuned"] <= ft["per_system"][0]["chi2_baseline"]
+    )
+    assert summary["tables"] and all(Path(f).is_file() for f in summary["figures"])
