@@ -222,6 +222,7 @@ def main() -> None:
         }
     result = {
         "benchmark": "rim_pixelated",
+        "date": time.strftime("%Y-%m-%d"),
         "machine": _machine(),
         "gpu": args.device if args.device != "cpu" else "none lent to this task",
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
