@@ -7,7 +7,16 @@ from typing import Any, NoReturn
 
 import typer
 
-__all__ = ["DUMP_HELP", "dump_options", "fail", "load_registries", "read_mapping"]
+__all__ = [
+    "DUMP_HELP",
+    "dump_options",
+    "fail",
+    "hdu_argument",
+    "load_registries",
+    "read_mapping",
+    "report_warnings_and_notes",
+    "run_recording_warnings",
+]
 
 DUMP_HELP = "Print the effective options (YAML) and exit."
 
@@ -52,3 +61,29 @@ def read_mapping(path: Path | None, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{what} {path}: expected a YAML mapping at the top level")
     return data
+
+
+def hdu_argument(hdu: str | None) -> int | str | None:
+    """A ``--hdu`` value: an extension number when it is all digits, else its name."""
+    return int(hdu) if hdu is not None and hdu.isdigit() else hdu
+
+
+def run_recording_warnings(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, list[Any]]:
+    """Call ``fn`` and return ``(result, warnings it issued)``; exceptions propagate."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fn(*args, **kwargs)
+    return result, list(caught)
+
+
+def report_warnings_and_notes(caught: list[Any], notes: list[str]) -> None:
+    """Print recorded warnings (``WARNING: ...``) and a result's notes (``note: ...``) to
+    stderr, one line each."""
+    import typer
+
+    for w in caught:
+        typer.echo(f"WARNING: {w.message}", err=True)
+    for note in notes:
+        typer.echo(f"note: {note}", err=True)

@@ -19,8 +19,11 @@ from lensml.commands.common import (
     USER_ERRORS,
     dump_options,
     fail,
+    hdu_argument,
     load_registries,
     read_mapping,
+    report_warnings_and_notes,
+    run_recording_warnings,
 )
 
 __all__ = ["evaluate", "predict", "train"]
@@ -162,23 +165,16 @@ def predict(
         return
     try:
         load_registries()
-        import warnings
-
         from lensml.pipelines.strong_predict import predict_strong
 
-        hdu_arg: int | str | None = int(hdu) if hdu is not None and hdu.isdigit() else hdu
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            result = predict_strong(
-                image, model, out, pixel_scale=pixel_scale, psf=psf, variance=variance,
-                hdu=hdu_arg, z_l=z_l, z_s=z_s, mask_nonfinite=mask_nan, device=device,
-            )  # fmt: skip
+        result, caught = run_recording_warnings(
+            predict_strong, image, model, out, pixel_scale=pixel_scale, psf=psf,
+            variance=variance, hdu=hdu_argument(hdu), z_l=z_l, z_s=z_s,
+            mask_nonfinite=mask_nan, device=device,
+        )  # fmt: skip
     except USER_ERRORS as err:
         fail(err)
-    for w in caught:
-        typer.echo(f"WARNING: {w.message}", err=True)
-    for note in result["notes"]:
-        typer.echo(f"note: {note}", err=True)
+    report_warnings_and_notes(caught, result["notes"])
     p = result["params"]
     typer.echo(
         f"theta_E = {p['theta_e']:.4g}″, sigma_v = {p['sigma_v']:.4g} km/s, "

@@ -19,8 +19,11 @@ from lensml.commands.common import (
     USER_ERRORS,
     dump_options,
     fail,
+    hdu_argument,
     load_registries,
     read_mapping,
+    report_warnings_and_notes,
+    run_recording_warnings,
 )
 
 __all__ = ["evaluate", "predict", "train"]
@@ -178,25 +181,17 @@ def predict(
         return
     try:
         load_registries()
-        import warnings
-
         from lensml.pipelines.strong_pixelated_predict import predict_pixelated
 
-        hdu_arg: int | str | None = int(hdu) if hdu is not None and hdu.isdigit() else hdu
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            result = predict_pixelated(
-                image, model, out, pixel_scale=pixel_scale, psf=psf, psf_fwhm=psf_fwhm,
-                sigma=sigma, variance=variance, hdu=hdu_arg, mask_nonfinite=mask_nan,
-                vae_source=vae_source, vae_kappa=vae_kappa, finetune_steps=finetune_steps,
-                seed=seed, device=device,
-            )  # fmt: skip
+        result, caught = run_recording_warnings(
+            predict_pixelated, image, model, out, pixel_scale=pixel_scale, psf=psf,
+            psf_fwhm=psf_fwhm, sigma=sigma, variance=variance, hdu=hdu_argument(hdu),
+            mask_nonfinite=mask_nan, vae_source=vae_source, vae_kappa=vae_kappa,
+            finetune_steps=finetune_steps, seed=seed, device=device,
+        )  # fmt: skip
     except USER_ERRORS as err:
         fail(err)
-    for w in caught:
-        typer.echo(f"WARNING: {w.message}", err=True)
-    for note in result["notes"]:
-        typer.echo(f"note: {note}", err=True)
+    report_warnings_and_notes(caught, result["notes"])
     te = result["theta_e"]
     typer.echo(
         f"chi2_nu = {result['reduced_chi2']:.4g}, theta_E = {te['enclosed']:.4g}″ (enclosed), "
