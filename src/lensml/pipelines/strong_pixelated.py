@@ -42,7 +42,6 @@ __all__ = [
     "inspect_pixelated_store",
     "load_rim",
     "load_vae",
-    "physics_from_info",
     "quickstart_section",
     "read_sidecar",
     "shipped_models",
@@ -135,13 +134,6 @@ def _fields_of_view(cfg: Mapping[str, Any], where: str) -> tuple[float, float]:
     except Exception as exc:  # an old or foreign config
         raise ValueError(f"{where}: cannot read the generator config: {exc}") from exc
     return float(lens.fov), float(lens.source_fov)
-
-
-def physics_from_info(info: PixelatedStoreInfo, kernel: str = "point") -> Any:
-    """The :class:`~lensml.physics.pixelated_lensing.PixelatedLensing` of a store."""
-    from lensml.physics.pixelated_lensing import PixelatedLensing
-
-    return PixelatedLensing(info.n_image, info.fov, info.n_source, info.source_fov, kernel)
 
 
 def _infos(data_dir: str | Path | Sequence[str | Path]) -> list[PixelatedStoreInfo]:
