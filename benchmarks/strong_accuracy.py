@@ -83,7 +83,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n-train", type=int, default=150, help="training lenses per variant")
     p.add_argument("--n-test", type=int, default=50, help="held-out lenses per variant")
     p.add_argument("--train-seconds", type=float, default=480.0, help="training time budget")
-    p.add_argument("--epochs", type=int, default=50, help="epoch cap (the budget usually ends)")
+    p.add_argument("--epochs", type=int, default=200, help="epoch cap (the budget usually ends)")
+    p.add_argument(
+        "--lambda-label",
+        type=float,
+        default=None,
+        help="supervised lens-parameter weight (default: train_strong's)",
+    )
     p.add_argument("--lr", type=float, default=2e-3, help="RIM learning rate")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--fit-max", type=int, default=6, help="systems fitted by lens-fit")
@@ -124,6 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
             train_dirs, "astrorim-small", work / "run", args.epochs, lr=args.lr,
             batch_size=args.batch_size, seed=args.seed, warmup_epochs=1,
             time_budget_s=args.train_seconds,
+            **({} if args.lambda_label is None else {"lambda_label": args.lambda_label}),
             device=None if args.device == "cpu" else args.device, progress=False,
         )  # fmt: skip
         timings["train_s"] = time.perf_counter() - t0
@@ -160,6 +167,9 @@ def main(argv: list[str] | None = None) -> dict:
                 "best_val_loss": train["best_val_loss"],
                 "final_train_loss": train["final_train_loss"],
                 "pairs_per_s": train["pairs_per_s"],
+                "network_config": json.loads(
+                    (Path(train["model_dir"]) / "model.json").read_text(encoding="utf-8")
+                )["network"]["config"],
                 "gpu_run": False,
             },
             "evaluation": {

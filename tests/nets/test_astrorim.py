@@ -29,7 +29,7 @@ from lensml.nets.astrorim import (
 )
 from lensml.nets.astrorim_forward import ConditionalForwardOperator, deflection_field
 from lensml.nets.blocks import count_parameters
-from lensml.nets.rim import RIM, AstroRIM, parameter_penalty
+from lensml.nets.rim import LABEL_SCALES, RIM, AstroRIM, label_penalty, parameter_penalty
 from lensml.physics.convolve import convolve
 from lensml.physics.grids import PixelGrid
 from lensml.physics.mass import nfw, shear, sie
@@ -434,7 +434,13 @@ def test_training_loss_terms_and_finite_gradients():
         + lam["lambda_param"] * (terms["range"] + terms["prior"])
     )
     torch.testing.assert_close(terms["total"], expected)
-    assert lam == {"lambda_fwd": 0.5, "lambda_psf": 1e-3, "lambda_param": 1e-3}
+    assert lam == {
+        "lambda_fwd": 0.5,
+        "lambda_psf": 1e-3,
+        "lambda_param": 1e-3,
+        "lambda_label": 0.0,
+    }
+    assert "label" not in terms  # the paper's loss: no supervised term by default
     net.zero_grad()
     terms["total"].backward()
     for name, param in net.named_parameters():
@@ -576,3 +582,71 @@ def test_bad_input_raises_clear_errors():
         op.geometry({"b": torch.tensor([0.1])})
     with pytest.raises(ValueError, match="parameter 'q' must be in"):
         op.geometry({**_params(1, dtype=torch.float32), "q": torch.tensor([1.5])})
+
+
+# ---------------------------------------------------------------- lensml additions
+def _labels_batch(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generator-style labels (arcsec / rad) and pixel scales for a 32-pixel image."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(n, 9, generator=g)
+    labels = torch.stack(
+        [0.3 + 0.3 * u[:, 0], 0.4 + 0.5 * u[:, 1], 3 * u[:, 2] - 1.5, 0.05 * u[:, 3] - 0.025,
+         0.05 * u[:, 4] - 0.025, 0.1 * u[:, 5], 3 * u[:, 6] - 1.5, 0.1 * u[:, 7], 0.2 * u[:, 8]],
+        dim=1,
+    )  # fmt: skip
+    return labels, torch.full((n,), 0.04)
+
+
+def test_prior_override_moves_the_eq_49_centres():
+    p = {k: torch.tensor([v]) for k, v in zip(PARAM_NAMES, [0.6, 0.7, 0, 0, 0, 0.05, 0, 0.05,
+                                                             0.2], strict=True)}  # fmt: skip
+    rng, prior = parameter_penalty(p)
+    assert float(prior) == pytest.approx(0.52**2) and float(rng) == pytest.approx(0.1**2)
+    rng, prior = parameter_penalty(p, {"b": 0.6, "b_max": 1.0})
+    assert float(prior) == pytest.approx(0.0, abs=1e-12) and float(rng) == pytest.approx(0.0)
+    net = build_network("astrorim-small", {**SMALL, "prior": {"b": 0.6}}, seed=0)
+    assert net.config["prior"] == {"b": 0.6} and net.prior == {"b": 0.6}
+    with pytest.raises(ValueError, match="prior key 'theta'"):
+        build_network("astrorim-small", {**SMALL, "prior": {"theta": 1.0}}, seed=0)
+
+
+def test_label_penalty_zero_at_truth_periodic_and_scaled():
+    labels, scale = _labels_batch(5)
+    half = scale * 16.0
+    target = labels_to_params(labels, half)
+    assert float(label_penalty(target, target)) == pytest.approx(0.0, abs=1e-10)
+    # φ and γ_φ are π-periodic: adding π changes nothing
+    turned = {**target, "phi": target["phi"] + math.pi, "gamma_phi": target["gamma_phi"] - math.pi}
+    assert float(label_penalty(turned, target)) == pytest.approx(0.0, abs=1e-8)
+    # a 5 % error in b alone is one scale unit in one of seven terms
+    bigger = {**target, "b": target["b"] * math.exp(LABEL_SCALES["log_b"])}
+    assert float(label_penalty(bigger, target)) == pytest.approx(1.0 / 7.0, rel=1e-4)
+
+
+def test_lambda_label_adds_the_supervised_term_and_needs_labels():
+    net = build_network("astrorim-small", {**SMALL, "lambda_label": 0.5}, seed=0)
+    batch = _synthetic_batch(3)
+    with pytest.raises(ValueError, match="needs 'labels'"):
+        net.loss_terms(batch)
+    labels, scale = _labels_batch(3)
+    with pytest.raises(ValueError, match=r"'labels' must be \(3, 9\)"):
+        net.loss_terms({**batch, "labels": labels[:2], "pixel_scale": scale})
+    terms = net.loss_terms({**batch, "labels": labels, "pixel_scale": scale})
+    base = terms["recon"] + 0.5 * terms["forward"] + 1e-3 * terms["psf"]
+    base = base + 1e-3 * (terms["range"] + terms["prior"])
+    torch.testing.assert_close(terms["total"], base + 0.5 * terms["label"])
+    net.zero_grad()
+    terms["label"].backward()
+    assert float(net.encoder.heads["b"].weight.grad.abs().sum()) > 0
+    assert all(p.grad is None for p in net.rim.parameters())  # the term trains the encoder only
+
+
+def test_encoder_lr_scale_gives_the_encoder_its_own_group():
+    net = build_network("astrorim-small", {**SMALL, "encoder_lr_scale": 1.0}, seed=0)
+    groups = net.parameter_groups()
+    assert [(g["name"], g["lr_scale"]) for g in groups] == [
+        ("rim", 1.0), ("forward", 0.1), ("encoder", 1.0)
+    ]  # fmt: skip
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(net.parameters()))
+    assert {id(p) for p in groups[2]["params"]} == {id(p) for p in net.encoder.parameters()}

@@ -17,6 +17,7 @@ from lensml.pipelines.strong import (
     StrongDataset,
     augment_sample,
     encoder_ranges,
+    prior_centres,
     train_strong,
 )
 from lensml.pipelines.strong_eval import evaluate_strong, physical_quantities
@@ -121,6 +122,24 @@ def test_encoder_ranges_cover_the_labels(stores):
     b_norm = d["labels"][:, 0] / (d["pixel_scale"] * 48)
     assert ranges["b"][1] >= b_norm.max() and ranges["b"][0] == 0.01
     assert ranges["x0"][0] == -ranges["x0"][1]
+
+
+def test_prior_centres_follow_the_labels(stores, trained):
+    from lensml.data.store import open_store
+
+    prior = prior_centres(stores)
+    b = np.concatenate([
+        open_store(s).read_all(keys=["labels", "pixel_scale"])["labels"][:, 0]
+        / (open_store(s).read_all(keys=["pixel_scale"])["pixel_scale"] * 48) for s in stores
+    ])  # fmt: skip
+    assert prior["b"] == pytest.approx(float(np.median(b)), rel=1e-6)
+    assert prior["b_max"] == pytest.approx(encoder_ranges(stores)["b"][1])
+    assert prior["b"] > 0.3  # the paper's 0.08 centre would drag these θ_E down
+    assert set(prior) == {"b", "b_max", "kappa_s", "r_s"}
+    # train_strong's defaults: data-centred prior, supervised lens parameters
+    cfg = json.loads((trained["model_dir"] / "model.json").read_text())["network"]["config"]
+    assert cfg["prior"] == pytest.approx(prior) and cfg["lambda_label"] > 0
+    assert cfg["encoder_lr_scale"] == 1.0
 
 
 # ----------------------------------------------------------------------------- metrics

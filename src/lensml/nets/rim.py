@@ -56,6 +56,10 @@ and ``source`` (B, 1, Ns, Ns) in the same flux units (the ``strong`` generator's
 * L_range = ⟨max(0, −b)² + max(0, b − 0.5)² + x0² + y0² + (γ − 0.05)²⟩ (eq. 48),
   L_prior = ⟨(b − 0.08)² + (q − 0.7)² + (κ_s − 0.05)² + (r_s − 0.2)²⟩ (eq. 49), λ_param = 1e−3.
 * λ_fwd = 0.5.
+* lensml additions, both off by default (the paper's loss): ``prior`` moves the centres of
+  eq. 49 (and the b bound of eq. 48) to a training set's own labels, and ``lambda_label``
+  adds a supervised term on the lens parameters (:func:`label_penalty`), which the paper
+  learns through L_forward alone — see :func:`lensml.pipelines.strong.train_strong`.
 
 :meth:`AstroRIM.parameter_groups` splits the weights for the paper's optimiser (§3.3.4): the RIM
 (learning rate × 1) and the forward operator including the encoder (× 0.1).
@@ -70,12 +74,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lensml.nets.astrorim import PARAM_NAMES, LensParameterEncoder
+from lensml.nets.astrorim import PARAM_NAMES, LensParameterEncoder, labels_to_params
 from lensml.nets.astrorim_forward import ConditionalForwardOperator
 from lensml.nets.blocks import check_float, check_int, check_int_list
 from lensml.registry import NETWORKS
 
-__all__ = ["RIM", "AstroRIM", "AstroRIMSmall", "ConvGRUCell", "parameter_penalty"]
+__all__ = [
+    "LABEL_SCALES",
+    "PAPER_PRIOR",
+    "RIM",
+    "AstroRIM",
+    "AstroRIMSmall",
+    "ConvGRUCell",
+    "label_penalty",
+    "parameter_penalty",
+]
 
 
 class ConvGRUCell(nn.Module):
@@ -202,14 +215,74 @@ class RIM(nn.Module):
         return xs if return_all else x
 
 
-def parameter_penalty(params: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """``(L_range, L_prior)`` of eqs. 48–49, batch means (normalised units)."""
+#: Prior centres of eq. 49 (normalised units) and the upper bound of b in eq. 48.
+PAPER_PRIOR = {"b": 0.08, "q": 0.7, "kappa_s": 0.05, "r_s": 0.2, "gamma": 0.05, "b_max": 0.5}
+
+
+def parameter_penalty(
+    params: Mapping[str, Tensor], prior: Mapping[str, float] | None = None
+) -> tuple[Tensor, Tensor]:
+    """``(L_range, L_prior)`` of eqs. 48–49, batch means (normalised units).
+
+    ``prior`` overrides entries of :data:`PAPER_PRIOR` (the centres of b, q, κ_s, r_s and γ,
+    and ``b_max``): the paper's values suit its b ≤ 0.3 range; a training set with larger
+    Einstein radii needs centres taken from its own labels, or the prior drags every b
+    towards 0.08 (see :func:`lensml.pipelines.strong.prior_centres`).
+    """
+    c = {**PAPER_PRIOR, **dict(prior or {})}
     b, q = params["b"], params["q"]
     x0, y0, gamma = params["x0"], params["y0"], params["gamma"]
     k_s, r_s = params["kappa_s"], params["r_s"]
-    rng = torch.relu(-b) ** 2 + torch.relu(b - 0.5) ** 2 + x0**2 + y0**2 + (gamma - 0.05) ** 2
-    prior = (b - 0.08) ** 2 + (q - 0.7) ** 2 + (k_s - 0.05) ** 2 + (r_s - 0.2) ** 2
-    return rng.mean(), prior.mean()
+    rng = (
+        torch.relu(-b) ** 2
+        + torch.relu(b - c["b_max"]) ** 2
+        + x0**2
+        + y0**2
+        + (gamma - c["gamma"]) ** 2
+    )
+    prior_t = (b - c["b"]) ** 2 + (q - c["q"]) ** 2 + (k_s - c["kappa_s"]) ** 2
+    prior_t = prior_t + (r_s - c["r_s"]) ** 2
+    return rng.mean(), prior_t.mean()
+
+
+#: Scales (normalised units) of the supervised lens-parameter residuals of
+#: :func:`label_penalty`: 5 % in θ_E, 0.05 in ellipticity and shear components, half a pixel
+#: of a 96-pixel image in the centre each count as 1.
+LABEL_SCALES = {"log_b": 0.05, "e": 0.05, "centre": 1.0 / 96.0, "gamma": 0.05}
+
+
+def label_penalty(params: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> Tensor:
+    """Supervised lens-parameter loss (a lensml addition to eq. 43; batch mean).
+
+    Squared residuals, each divided by its :data:`LABEL_SCALES` entry, of log b, the SIE
+    ellipticity components ``(1 − q)/(1 + q) (cos 2φ, sin 2φ)`` (no π-periodicity cut), the
+    centre (x0, y0) and the shear components ``γ (cos 2γ_φ, sin 2γ_φ)``; the NFW halo is left
+    to the forward-fidelity term (absent from most systems). ``target`` holds the true
+    parameters in the same normalised units (:func:`lensml.nets.astrorim.labels_to_params`).
+    """
+    s = LABEL_SCALES
+    tiny = 1e-6
+
+    def ell(p: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        e = (1 - p["q"]) / (1 + p["q"])
+        return e * torch.cos(2 * p["phi"]), e * torch.sin(2 * p["phi"])
+
+    def shear(p: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        return p["gamma"] * torch.cos(2 * p["gamma_phi"]), p["gamma"] * torch.sin(
+            2 * p["gamma_phi"]
+        )
+
+    d_b = torch.log(params["b"].clamp_min(tiny)) - torch.log(target["b"].clamp_min(tiny))
+    (e1, e2), (t1, t2) = ell(params), ell(target)
+    (g1, g2), (u1, u2) = shear(params), shear(target)
+    terms = (
+        (d_b / s["log_b"]) ** 2
+        + ((e1 - t1) ** 2 + (e2 - t2) ** 2) / s["e"] ** 2
+        + ((params["x0"] - target["x0"]) ** 2 + (params["y0"] - target["y0"]) ** 2)
+        / s["centre"] ** 2
+        + ((g1 - u1) ** 2 + (g2 - u2) ** 2) / s["gamma"] ** 2
+    )
+    return terms.mean() / 7.0
 
 
 def _check_list(name: str, key: str, value: Any, n: int) -> list[int]:
@@ -259,6 +332,15 @@ class AstroRIM(nn.Module):
         Encoder range overrides (see :data:`lensml.nets.astrorim.PAPER_RANGES`).
     lambda_fwd, lambda_psf, lambda_param : float
         Loss weights (0.5, 1e−3, 1e−3).
+    lambda_label : float
+        Weight of the supervised lens-parameter term (:func:`label_penalty`; 0, the paper's
+        loss). When > 0 the training batch must carry ``labels`` ``(B, 9)`` in the
+        ``strong`` generator's units and ``pixel_scale`` ``(B,)`` (arcsec).
+    prior : mapping, optional
+        Overrides of the eq. 48–49 prior centres and ``b_max`` (:data:`PAPER_PRIOR`).
+    encoder_lr_scale : float
+        Learning-rate factor of the encoder relative to the RIM (paper 0.1, with the forward
+        operator; see :meth:`parameter_groups`).
     normalise : {"max", "none"}
         Divide each observation (and its source) by max |y| before the networks.
     use_batch_psf : bool
@@ -305,6 +387,9 @@ class AstroRIM(nn.Module):
         lambda_fwd: float = 0.5,
         lambda_psf: float = 1e-3,
         lambda_param: float = 1e-3,
+        lambda_label: float = 0.0,
+        prior: dict[str, float] | None = None,
+        encoder_lr_scale: float = 0.1,
         normalise: str = "max",
         use_batch_psf: bool = False,
         subtract_lens_light: bool = False,
@@ -333,7 +418,19 @@ class AstroRIM(nn.Module):
             "lambda_fwd": check_float(name, "lambda_fwd", lambda_fwd, 0.0, 1e6),
             "lambda_psf": check_float(name, "lambda_psf", lambda_psf, 0.0, 1e6),
             "lambda_param": check_float(name, "lambda_param", lambda_param, 0.0, 1e6),
+            "lambda_label": check_float(name, "lambda_label", lambda_label, 0.0, 1e6),
         }
+        self.encoder_lr_scale = check_float(name, "encoder_lr_scale", encoder_lr_scale, 1e-6, 1e3)
+        prior_d: dict[str, float] = {}
+        if prior is not None:
+            if not isinstance(prior, Mapping):
+                raise ValueError(f"{name}: prior must be a mapping, got {prior!r}")
+            for key, value in prior.items():
+                if key not in PAPER_PRIOR:
+                    raise ValueError(
+                        f"{name}: prior key {key!r} is not one of {sorted(PAPER_PRIOR)}"
+                    )
+                prior_d[key] = check_float(name, f"prior.{key}", value, -1e3, 1e3)
         if normalise not in ("max", "none"):
             raise ValueError(f"{name}: normalise must be 'max' or 'none', got {normalise!r}")
         use_batch_psf = _check_bool(name, "use_batch_psf", use_batch_psf)
@@ -360,12 +457,15 @@ class AstroRIM(nn.Module):
             "supersample": supersample,
             "ranges": None if ranges is None else {k: list(v) for k, v in ranges.items()},
             **lam,
+            "prior": prior_d or None,
+            "encoder_lr_scale": self.encoder_lr_scale,
             "normalise": normalise,
             "use_batch_psf": use_batch_psf,
             "subtract_lens_light": subtract_lens_light,
         }
         self.image_size, self.source_size = image_size, source_size
         self.lambdas = lam
+        self.prior = prior_d
         self.normalise, self.use_batch_psf = normalise, use_batch_psf
         self.subtract_lens_light = subtract_lens_light
         self.encoder = LensParameterEncoder(1, enc_ch, groups, pool, enc_fc, ranges=ranges)
@@ -495,7 +595,7 @@ class AstroRIM(nn.Module):
         recon = ((res["source"] - x_gt) ** 2).mean()
         fwd = ((self.operator(x_gt, res["geometry"], psf) - y) ** 2).mean()
         tv = self.operator.psf_tv()
-        rng, prior = parameter_penalty(res["params"])
+        rng, prior = parameter_penalty(res["params"], self.prior)
         lam = self.lambdas
         total = (
             recon
@@ -503,14 +603,30 @@ class AstroRIM(nn.Module):
             + lam["lambda_psf"] * tv
             + lam["lambda_param"] * (rng + prior)
         )
-        return {
-            "recon": recon,
-            "forward": fwd,
-            "psf": tv,
-            "range": rng,
-            "prior": prior,
-            "total": total,
-        }
+        out = {"recon": recon, "forward": fwd, "psf": tv, "range": rng, "prior": prior}
+        if lam["lambda_label"] > 0:
+            out["label"] = label_penalty(res["params"], self._label_targets(batch, y))
+            total = total + lam["lambda_label"] * out["label"]
+        out["total"] = total
+        return out
+
+    def _label_targets(self, batch: Mapping[str, Tensor], y: Tensor) -> dict[str, Tensor]:
+        """True parameters (normalised units) from the batch's ``labels`` and ``pixel_scale``."""
+        for key in ("labels", "pixel_scale"):
+            if key not in batch:
+                raise ValueError(
+                    f"{self.display_name}: lambda_label > 0 needs {key!r} in the batch"
+                )
+        labels = batch["labels"]
+        if not isinstance(labels, Tensor) or labels.ndim != 2 or labels.shape != (y.shape[0], 9):
+            shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+            raise ValueError(
+                f"{self.display_name}: 'labels' must be ({y.shape[0]}, 9) {PARAM_NAMES}; "
+                f"got {shape}"
+            )
+        scale = torch.as_tensor(batch["pixel_scale"], dtype=y.dtype, device=y.device)
+        half = scale.reshape(-1) * (self.image_size / 2.0)
+        return labels_to_params(labels.to(y.dtype), half)
 
     def training_loss(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Eq. 43 on a dict batch (see :meth:`loss_terms`); a scalar for the engine."""
@@ -518,12 +634,18 @@ class AstroRIM(nn.Module):
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Optimiser groups of §3.3.4: ``rim`` (``lr_scale`` 1) and ``forward`` (encoder + PSF
-        + background, ``lr_scale`` 0.1); every parameter is in exactly one group."""
-        forward = [*self.encoder.parameters(), *self.operator.parameters()]
-        return [
+        + background, ``lr_scale`` 0.1); every parameter is in exactly one group. With an
+        ``encoder_lr_scale`` other than the paper's 0.1 the encoder gets a group of its own."""
+        groups = [
             {"name": "rim", "params": list(self.rim.parameters()), "lr_scale": 1.0},
-            {"name": "forward", "params": forward, "lr_scale": 0.1},
+            {"name": "forward", "params": list(self.operator.parameters()), "lr_scale": 0.1},
         ]
+        enc = list(self.encoder.parameters())
+        if self.encoder_lr_scale == 0.1:
+            groups[1]["params"] = enc + groups[1]["params"]
+        else:
+            groups.append({"name": "encoder", "params": enc, "lr_scale": self.encoder_lr_scale})
+        return groups
 
     def param_names(self) -> tuple[str, ...]:
         """Names of the nine lens parameters, in :data:`lensml.nets.astrorim.PARAM_NAMES` order."""
@@ -538,8 +660,8 @@ class AstroRIMSmall(AstroRIM):
         "image_size": 96,
         "source_size": 96,
         "steps": 4,
-        "encoder_channels": [8, 8, 16, 16],
-        "encoder_fc": [32, 16],
+        "encoder_channels": [16, 32, 48, 64],
+        "encoder_fc": [64, 32],
         "encoder_groups": 4,
         "pool_size": 4,
         "rim_features": [8, 8, 16],
