@@ -56,3 +56,13 @@ def test_info_lists_registries_and_parameter_counts():
     line = next(ln for ln in res.output.splitlines() if ln.startswith("toy-mlp"))
     # 8 → 32 → 2 MLP: 8·32 + 32 + 32·2 + 2
     assert line.split()[1].replace(",", "") == str(8 * 32 + 32 + 32 * 2 + 2)
+
+
+def test_info_models_lists_the_zoo_with_cards():
+    from lensml.models import list_models
+
+    res = runner.invoke(app, ["info", "models"])
+    assert res.exit_code == 0
+    for m in list_models():
+        assert f"{m.pipeline}/{m.name}" in res.output
+        assert str(m.path / "card.json") in res.output

@@ -242,6 +242,27 @@ def info_nets() -> None:
         typer.echo(f"{name:24s} {count:>12,d} parameters{where}")
 
 
+@info_app.command("models")
+def info_models() -> None:
+    """The shipped models (the model zoo): name, network and what they were made for.
+
+    Any of these names works as ``--model`` of ``lensml predict|evaluate <pipeline>``; each
+    directory's ``card.json`` holds the training data, held-out metrics and intended inputs.
+    """
+    from lensml.models import list_models
+
+    models = list_models()
+    if not models:
+        typer.echo("no shipped models")
+        return
+    for m in models:
+        typer.echo(f"{m.pipeline + '/' + m.name:40s} {m.card.get('network', '')}")
+        inputs = m.card.get("intended_inputs") or {}
+        for key, value in inputs.items():
+            typer.echo(f"    {key}: {value}")
+        typer.echo(f"    card: {m.path / 'card.json'}")
+
+
 def main() -> None:
     """Entry point of the ``lensml`` console script."""
     app()

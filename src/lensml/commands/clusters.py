@@ -14,6 +14,7 @@ import typer
 
 from lensml.commands.common import (
     DUMP_HELP,
+    MODEL_HELP,
     USER_ERRORS,
     dump_options,
     fail,
@@ -129,9 +130,7 @@ def predict(
     inputs: Annotated[
         list[Path], typer.Argument(help="Cluster FITS files (G1, G2 extensions) or a store.")
     ],
-    model: Annotated[Path, typer.Option(help="Saved model directory.")] = Path(
-        "lensml-clusters-run/model"
-    ),
+    model: Annotated[Path, typer.Option(help=MODEL_HELP)] = Path("lensml-clusters-run/model"),
     out: Annotated[Path, typer.Option(help="Output FITS catalogue.")] = Path("clusters.fits"),
     batch_size: Annotated[int, typer.Option(help="Maps per forward pass.")] = 64,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:K.")] = "cpu",

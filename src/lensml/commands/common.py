@@ -9,6 +9,7 @@ import typer
 
 __all__ = [
     "DUMP_HELP",
+    "MODEL_HELP",
     "dump_options",
     "fail",
     "hdu_argument",
@@ -19,6 +20,7 @@ __all__ = [
 ]
 
 DUMP_HELP = "Print the effective options (YAML) and exit."
+MODEL_HELP = "Saved model directory, or a shipped model's name (lensml info models)."
 
 #: the exceptions a command turns into one ``error:`` line (bad input, missing files)
 USER_ERRORS = (ValueError, KeyError, OSError)

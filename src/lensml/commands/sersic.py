@@ -16,6 +16,7 @@ import typer
 
 from lensml.commands.common import (
     DUMP_HELP,
+    MODEL_HELP,
     USER_ERRORS,
     dump_options,
     fail,
@@ -125,9 +126,7 @@ def evaluate(
 
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="FITS cutouts, or a sersic store.")],
-    model: Annotated[Path, typer.Option(help="Saved model directory.")] = Path(
-        "lensml-sersic-run/model"
-    ),
+    model: Annotated[Path, typer.Option(help=MODEL_HELP)] = Path("lensml-sersic-run/model"),
     out: Annotated[Path, typer.Option(help="Output FITS catalogue.")] = Path("sersic.fits"),
     psf: Annotated[
         list[Path] | None, typer.Option(help="PSF image file: one shared or one per cutout.")

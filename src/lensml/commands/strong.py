@@ -16,6 +16,7 @@ import typer
 
 from lensml.commands.common import (
     DUMP_HELP,
+    MODEL_HELP,
     USER_ERRORS,
     dump_options,
     fail,
@@ -89,9 +90,7 @@ def train(
 
 def evaluate(
     data: Annotated[list[Path], typer.Argument(help="Held-out strong store(s), e.g. v1 … v6.")],
-    model: Annotated[Path, typer.Option(help="Saved model directory.")] = Path(
-        "lensml-strong-run/model"
-    ),
+    model: Annotated[Path, typer.Option(help=MODEL_HELP)] = Path("lensml-strong-run/model"),
     out: Annotated[Path, typer.Option(help="Output directory (JSON, PNGs).")] = Path(
         "lensml-strong-eval"
     ),
@@ -136,9 +135,7 @@ def evaluate(
 
 def predict(
     image: Annotated[Path, typer.Argument(help="FITS image of the lens (linear counts).")],
-    model: Annotated[Path, typer.Option(help="Saved model directory.")] = Path(
-        "lensml-strong-run/model"
-    ),
+    model: Annotated[Path, typer.Option(help=MODEL_HELP)] = Path("lensml-strong-run/model"),
     out: Annotated[Path, typer.Option(help="Output FITS (source, κ, model, table).")] = Path(
         "strong.fits"
     ),

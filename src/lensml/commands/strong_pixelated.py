@@ -16,6 +16,7 @@ import typer
 
 from lensml.commands.common import (
     DUMP_HELP,
+    MODEL_HELP,
     USER_ERRORS,
     dump_options,
     fail,
@@ -93,7 +94,7 @@ def train(
 
 def evaluate(
     data: Annotated[Path, typer.Argument(help="Held-out strong-pixelated store.")],
-    model: Annotated[Path, typer.Option(help="RIM model directory.")] = Path(
+    model: Annotated[Path, typer.Option(help=MODEL_HELP)] = Path(
         "lensml-strong-pixelated-run/model"
     ),
     vae_source: Annotated[
@@ -143,7 +144,7 @@ def evaluate(
 
 def predict(
     image: Annotated[Path, typer.Argument(help="FITS image of the lens (linear counts).")],
-    model: Annotated[Path, typer.Option(help="RIM model directory.")] = Path(
+    model: Annotated[Path, typer.Option(help=MODEL_HELP)] = Path(
         "lensml-strong-pixelated-run/model"
     ),
     out: Annotated[Path, typer.Option(help="Output FITS (source, κ, model, residual).")] = Path(

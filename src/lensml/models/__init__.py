@@ -87,6 +87,8 @@ def check_model(entry: ShippedModel) -> dict[str, float]:
         return _check_clusters(entry.path, check)
     if entry.pipeline == "strong-pixelated":
         return _check_strong_pixelated(entry.path, check)
+    if entry.pipeline == "strong":
+        return _check_strong(entry.path, check)
     raise ValueError(f"model {entry.path}: no CI check for pipeline {entry.pipeline!r}")
 
 
@@ -157,6 +159,27 @@ def _check_clusters(path: Path, check: dict[str, Any]) -> dict[str, float]:
     d_c = pred[:, decoded.index("c_vir")] - true[:, LABELS.index("c_vir")]
     return {"rms_log10_mvir": float(np.sqrt(np.mean(d_m**2))),
             "median_bias_c_vir": float(np.median(d_c))}  # fmt: skip
+
+
+def _check_strong(path: Path, check: dict[str, Any]) -> dict[str, float]:
+    """AstroRIM: mean SSIM of the sources and median |Δθ_E| / θ_E on ``n`` seeded lenses of
+    each of the card's ``variants``."""
+    import numpy as np
+
+    from lensml.pipelines.strong_eval import load_astrorim, run_astrorim, source_scores
+
+    net, _ = load_astrorim(path)
+    ssim_v, b_rel = [], []
+    for k, variant in enumerate(check["variants"]):
+        one = {**check, "config": {**(check.get("config") or {}), "variant": variant},
+               "seed": int(check["seed"]) + k}  # fmt: skip
+        data = {key: np.asarray(v) for key, v in _simulate("strong", one).items()}
+        out = run_astrorim(net, data)
+        ssim_v.append(source_scores(out["source"], data["source"])[0])
+        b_true = data["labels"][:, 0]
+        b_rel.append(np.abs(out["labels"][:, 0] - b_true) / b_true)
+    return {"mean_ssim": float(np.mean(np.concatenate(ssim_v))),
+            "median_theta_e_rel_error": float(np.median(np.concatenate(b_rel)))}  # fmt: skip
 
 
 def _check_strong_pixelated(path: Path, check: dict[str, Any]) -> dict[str, float]:

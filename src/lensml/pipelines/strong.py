@@ -354,10 +354,13 @@ def prior_centres(data_dir: str | Path | Sequence[str | Path]) -> dict[str, floa
 
 
 def read_sidecar(model_dir: str | Path) -> dict[str, Any]:
-    """The ``strong_pipeline.json`` of a model directory ({} when absent)."""
+    """The ``strong_pipeline.json`` of a model directory or shipped model name ({} when
+    absent)."""
     import json
 
-    path = Path(model_dir) / SIDECAR
+    from lensml.models import resolve_model
+
+    path = resolve_model(model_dir, "strong") / SIDECAR
     if not path.is_file():
         return {}
     try:
@@ -561,7 +564,7 @@ def shipped_model(network: str = "astrorim-small") -> Path | None:
 
     A model directory (``model.json``, ``weights.pt``, ``normalisation.json``,
     ``strong_pipeline.json``) at ``lensml/models/strong/<network>/`` inside the installed
-    package, e.g. copied from a benchmark run's ``model/`` directory. None ships today.
+    package: ``astrorim-small``, trained by ``benchmarks/strong_accuracy.py`` (its card).
     """
     import lensml
 

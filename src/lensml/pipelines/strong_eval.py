@@ -43,7 +43,14 @@ from lensml.pipelines.strong_metrics import (
     summary_stats,
 )
 
-__all__ = ["evaluate_strong", "format_tables", "load_astrorim", "physical_quantities"]
+__all__ = [
+    "evaluate_strong",
+    "format_tables",
+    "load_astrorim",
+    "physical_quantities",
+    "run_astrorim",
+    "source_scores",
+]
 
 _READ = ("image", "source", "noise_sigma", "psf", "lens_light", "labels", "pixel_scale", "z_l",
          "z_s", "sigma_v")  # fmt: skip
@@ -81,7 +88,15 @@ def physical_quantities(
     return sig, mass
 
 
-def _run_net(net: Any, data: Mapping[str, np.ndarray], batch_size: int, device: str) -> dict:
+def run_astrorim(
+    net: Any, data: Mapping[str, np.ndarray], batch_size: int = 16, device: str = "cpu"
+) -> dict:
+    """AstroRIM on arrays: ``data`` holds ``image`` ``(N, 1, H, H)``, ``pixel_scale`` ``(N,)``
+    (arcsec) and, when the network uses them, ``psf`` / ``lens_light``.
+
+    Returns ``source``, ``model`` (F(x_T) in image units), ``labels`` (``(N, 9)``, the
+    generator's units), ``input`` (the image the network saw) and ``seconds`` (network time).
+    """
     import torch
 
     from lensml.nets.astrorim import params_to_labels
@@ -143,7 +158,9 @@ def _run_fit(fit: Any, data: Mapping[str, np.ndarray], idx: np.ndarray) -> dict[
     }
 
 
-def _source_scores(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def source_scores(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-example SSIM and MSE of reconstructed vs true sources ``(N, 1, Ns, Ns)`` on the
+    paper's per-example [0, 1] normalisation (module docstring)."""
     import torch
 
     p, t = normalise_pair(
@@ -306,8 +323,8 @@ def evaluate_strong(
     variants = list(dict.fromkeys(i.variant for i in infos))
     cosmos = [store_cosmology(i.cosmology) for i in infos]
 
-    rim = _run_net(net, data, batch_size, device)
-    s_rim, m_rim = _source_scores(rim["source"], data["source"])
+    rim = run_astrorim(net, data, batch_size, device)
+    s_rim, m_rim = source_scores(rim["source"], data["source"])
     resid = rim["input"] - rim["model"]
     chi2 = np.mean((resid / data["noise_sigma"]) ** 2, axis=(1, 2, 3))
     lens_rim, _ = _lens_block(rim["labels"], data["labels"], data, cosmos)
@@ -337,7 +354,7 @@ def evaluate_strong(
         idx = _fit_indices(data, len(infos), int(fit_max))
         fit_out = _run_fit(LensFit(dict(fit_config or {})), data, idx)
         fit_out["idx"] = idx
-        s_fit, m_fit = _source_scores(fit_out["source"], data["source"][idx])
+        s_fit, m_fit = source_scores(fit_out["source"], data["source"][idx])
         sub = {k: v[idx] for k, v in data.items()}
         lens_fit, _ = _lens_block(fit_out["labels"], data["labels"][idx], sub, cosmos)
         s_rim_sub = s_rim[idx]
