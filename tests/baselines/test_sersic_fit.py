@@ -374,15 +374,15 @@ def _good(n=2, size=21):
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        (lambda i, p, v: (i[:, 0], p, v), "'image' must be a \\(N, 1, H, W\\)"),
+        (lambda i, p, v: (i[:, 0], p, v), "'image' must be a floating \\(N, 1, H, W\\)"),
         (lambda i, p, v: (i, p, v[:1]), "'variance' must have the image's shape"),
         (lambda i, p, v: (i[..., :-1], p, v[..., :-1]), "square"),
-        (lambda i, p, v: (i, p[..., :-1, :-1], v), "P odd"),
+        (lambda i, p, v: (i, p[..., :-1, :-1], v), "K odd"),
         (lambda i, p, v: (i, torch.cat([p, p, p]), v), "N = 2"),
         (lambda i, p, v: (i.index_fill(3, torch.tensor([0]), math.nan), p, v), "NaN"),
         (lambda i, p, v: (i, p, v.index_fill(2, torch.tensor([3]), 0.0)), "'variance'"),
         (lambda i, p, v: (i, p, -v), "'variance' must be finite and > 0"),
-        (lambda i, p, v: (i, p * 1.01, v), "sum to 1"),
+        (lambda i, p, v: (i, p * 1.01, v), "unit sum"),
         (lambda i, p, v: (i, p.index_fill(2, torch.tensor([0]), math.inf), v), "'psf' has NaN"),
     ],
 )

@@ -291,3 +291,23 @@ def test_bad_stores_and_arguments(stores, tmp_path):
         train_strong(stores, "astrorim-small", tmp_path / "r", 0)
     with pytest.raises(ValueError, match="vgg-small"):
         train_strong(stores, "vgg-small", tmp_path / "r2", 1)
+
+
+# ----------------------------------------------------------------------------- quickstart
+def test_quickstart_section_with_the_shipped_model(tmp_path):
+    """The report section with the shipped astrorim-small: no training, Table 2 and the fit."""
+    from pathlib import Path
+
+    from lensml.pipelines.strong import QUICKSTART, quickstart_section, shipped_model
+
+    assert shipped_model() is not None, "the model zoo ships astrorim-small"
+    paths, summary = quickstart_section(tmp_path / "qs", seed=0)
+    assert summary["shipped_weights"] and summary["epochs_trained"] == 0
+    assert "shipped astrorim-small" in summary["text"]
+    assert not (tmp_path / "qs" / "work").exists()
+    cfg = QUICKSTART["small"]
+    assert summary["overall"]["n"] == cfg["n_test"] * len(cfg["variants"])
+    assert summary["overall"]["ssim"]["mean"] > 0.8  # the card: mean SSIM on v1–v6 held out
+    names = {p.name for p in paths}
+    assert {"reconstructions.png", "strong_eval.json"} <= names
+    assert summary["tables"] and all(Path(f).is_file() for f in summary["figures"])

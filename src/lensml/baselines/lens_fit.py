@@ -109,6 +109,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor
 
+from lensml.baselines.fit_inputs import check_fit_inputs
 from lensml.config import ConfigModel
 from lensml.physics.convolve import convolve
 from lensml.physics.fused import render_sie_shear_sersic
@@ -823,7 +824,8 @@ class LensFit:
         t0 = time.perf_counter()
         cfg = self.config
         ps = float(cfg.pixel_scale if pixel_scale is None else pixel_scale)
-        img, sig, psf_t, msk = _check_inputs(image, sigma, psf, mask, ps, cfg.psf_sum_tol)
+        ok = check_fit_inputs(_OWNER, image, sigma, psf, mask, ps, cfg.psf_sum_tol)
+        img, sig, psf_t, msk = ok.image, ok.noise, ok.psf, ok.mask
         nb, _, h, w = img.shape
         starts = _check_init(init, nb, img.device)
         grid = PixelGrid(w, h, ps)
@@ -1166,58 +1168,6 @@ def _solve(a: Tensor, b: Tensor) -> Tensor:
 
 
 # ---- input checks ---------------------------------------------------------------------------
-def _check_inputs(image, sigma, psf, mask, ps: float, psf_tol: float):
-    """Validate shapes and values; return float64 image, σ, PSF and the bool mask."""
-    if not math.isfinite(ps) or ps <= 0:
-        raise ValueError(f"{_OWNER}: 'pixel_scale' must be a finite number > 0 arcsec; got {ps}")
-    for name, t in (("image", image), ("sigma", sigma), ("psf", psf)):
-        if not isinstance(t, Tensor) or not t.is_floating_point() or t.ndim != 4 or t.shape[1] != 1:
-            shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-            raise ValueError(
-                f"{_OWNER}: {name!r} must be a floating (N, 1, H, W) tensor; got {shape}"
-            )
-    nb, _, h, w = image.shape
-    if nb == 0 or min(h, w) < 8:
-        raise ValueError(f"{_OWNER}: 'image' must hold >= 1 image of >= 8×8 pixels; got {h}×{w}")
-    if sigma.shape != image.shape:
-        raise ValueError(
-            f"{_OWNER}: 'sigma' must have the image's shape {tuple(image.shape)}; "
-            f"got {tuple(sigma.shape)}"
-        )
-    k1, k2 = psf.shape[-2:]
-    if k1 != k2 or k1 % 2 == 0 or psf.shape[0] not in (1, nb):
-        raise ValueError(
-            f"{_OWNER}: 'psf' must be (N or 1, 1, K, K) with K odd and N = {nb}; "
-            f"got {tuple(psf.shape)}"
-        )
-    if mask is None:
-        msk = torch.zeros(image.shape, dtype=torch.bool, device=image.device)
-    else:
-        if not isinstance(mask, Tensor) or mask.shape != image.shape:
-            raise ValueError(
-                f"{_OWNER}: 'mask' must be a bool tensor of shape {tuple(image.shape)}"
-            )
-        msk = mask.to(torch.bool)
-    img, sig = image.to(_F64), sigma.to(_F64)
-    if bool((~torch.isfinite(img) & ~msk).any()):
-        raise ValueError(f"{_OWNER}: 'image' has NaN or inf pixels (mask them or fix the data)")
-    if bool((~(torch.isfinite(sig) & (sig > 0)) & ~msk).any()):
-        raise ValueError(f"{_OWNER}: 'sigma' must be finite and > 0 in every unmasked pixel")
-    if bool(msk.flatten(1).all(-1).any()):
-        raise ValueError(f"{_OWNER}: 'mask' hides every pixel of at least one image")
-    p64 = psf.to(_F64)
-    if not bool(torch.isfinite(p64).all()):
-        raise ValueError(f"{_OWNER}: 'psf' has NaN or inf pixels")
-    sums = p64.sum((-2, -1)).reshape(-1)
-    if bool(((sums - 1).abs() > psf_tol).any()):
-        worst = float(sums[(sums - 1).abs().argmax()])
-        raise ValueError(
-            f"{_OWNER}: 'psf' must be normalised to unit sum (within {psf_tol:g}); "
-            f"one kernel sums to {worst:.6g}"
-        )
-    return torch.where(msk, 0.0, img), torch.where(msk, 1.0, sig), p64, msk
-
-
 def _check_init(init, nb: int, device) -> Tensor | None:
     """``init`` as ``(N, S, C)`` float64, or None."""
     if init is None:

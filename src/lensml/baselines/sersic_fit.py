@@ -100,6 +100,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
+from lensml.baselines.fit_inputs import check_fit_inputs
 from lensml.baselines.sersic_moments import LABELS, moments_init
 from lensml.config import ConfigModel
 from lensml.physics.grids import PixelGrid
@@ -578,8 +579,9 @@ class SersicFit:
         """
         cfg = self.config
         ps = float(cfg.pixel_scale if pixel_scale is None else pixel_scale)
-        data = _check_inputs(image, psf, variance, mask, ps, cfg.psf_sum_tol)
-        img, psf64, var, msk = data
+        ok = check_fit_inputs(_OWNER, image, variance, psf, mask, ps, cfg.psf_sum_tol,
+                              noise_name="variance", min_size=9, square=True)  # fmt: skip
+        img, psf64, var, msk = ok.image[:, 0], ok.psf, ok.noise[:, 0], ok.mask[:, 0]
         nb = img.shape[0]
         zp = _per_item(cfg.zeropoint if zeropoint is None else zeropoint, "zeropoint", nb, img)
         et = _per_item(cfg.exptime if exptime is None else exptime, "exptime", nb, img)
@@ -854,53 +856,3 @@ def _per_item(value, name: str, nb: int, like: Tensor) -> Tensor:
     if t.numel() not in (1, nb) or not bool(torch.isfinite(t).all()):
         raise ValueError(f"{_OWNER}: {name!r} must be a finite number or ({nb},) tensor")
     return t.expand(nb).clone()
-
-
-def _check_inputs(image, psf, variance, mask, ps: float, psf_tol: float):
-    """Validate shapes and values; return float64 ``(N,S,S)`` image, PSF, variance, mask."""
-    if not math.isfinite(ps) or ps <= 0:
-        raise ValueError(f"{_OWNER}: 'pixel_scale' must be a finite number > 0; got {ps}")
-    for name, t in (("image", image), ("psf", psf), ("variance", variance)):
-        if not isinstance(t, Tensor) or t.ndim != 4 or t.shape[1] != 1:
-            shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-            raise ValueError(f"{_OWNER}: {name!r} must be a (N, 1, H, W) tensor; got {shape}")
-    nb, _, h, w = image.shape
-    if h != w or h < 9:
-        raise ValueError(f"{_OWNER}: 'image' stamps must be square and >= 9 pixels; got {h}×{w}")
-    if variance.shape != image.shape:
-        raise ValueError(
-            f"{_OWNER}: 'variance' must have the image's shape {tuple(image.shape)}; "
-            f"got {tuple(variance.shape)}"
-        )
-    p1, p2 = psf.shape[-2:]
-    if p1 != p2 or p1 % 2 == 0 or psf.shape[0] not in (1, nb):
-        raise ValueError(
-            f"{_OWNER}: 'psf' must be (N or 1, 1, P, P) with P odd and N = {nb}; "
-            f"got {tuple(psf.shape)}"
-        )
-    if mask is None:
-        msk = torch.zeros((nb, h, w), dtype=torch.bool, device=image.device)
-    else:
-        if not isinstance(mask, Tensor) or mask.shape != image.shape:
-            raise ValueError(
-                f"{_OWNER}: 'mask' must be a bool tensor of shape {tuple(image.shape)}"
-            )
-        msk = mask[:, 0].to(torch.bool)
-    img = image[:, 0].to(_F64)
-    var = variance[:, 0].to(_F64)
-    if bool((~torch.isfinite(img) & ~msk).any()):
-        raise ValueError(f"{_OWNER}: 'image' has NaN or inf pixels (mask them or fix the data)")
-    if bool((~(torch.isfinite(var) & (var > 0)) & ~msk).any()):
-        raise ValueError(f"{_OWNER}: 'variance' must be finite and > 0 in every unmasked pixel")
-    if bool(msk.all(-1).all(-1).any()):
-        raise ValueError(f"{_OWNER}: 'mask' hides every pixel of at least one stamp")
-    p64 = psf.to(_F64)
-    if not bool(torch.isfinite(p64).all()):
-        raise ValueError(f"{_OWNER}: 'psf' has NaN or inf pixels")
-    sums = p64.sum((-2, -1)).reshape(-1)
-    if bool(((sums - 1).abs() > psf_tol).any()):
-        worst = float(sums[(sums - 1).abs().argmax()])
-        raise ValueError(
-            f"{_OWNER}: 'psf' images must sum to 1 (within {psf_tol:g}); one sums to {worst:.6g}"
-        )
-    return img, p64, torch.where(msk, torch.ones_like(var), var), msk
