@@ -13,9 +13,19 @@ from typing import Annotated
 import typer
 
 from lensml.commands.common import (
-    DUMP_HELP,
-    MODEL_HELP,
     USER_ERRORS,
+    CatalogueOutOption,
+    DeviceOption,
+    DumpConfigOption,
+    EpochsOption,
+    ModelOption,
+    ModelsOption,
+    NetworkConfigOption,
+    ProgressOption,
+    ResumeOption,
+    RunDirOption,
+    TrainConfigOption,
+    TrainDeviceOption,
     dump_options,
     fail,
     load_registries,
@@ -38,17 +48,15 @@ def train(
     data: Annotated[Path, typer.Option(help="Store written by `lensml simulate clusters`.")] = Path(
         "lensml-data"
     ),
-    out: Annotated[Path, typer.Option(help="Run directory (checkpoints, metrics, model/).")] = Path(
-        "lensml-clusters-run"
-    ),
-    config: Annotated[Path | None, typer.Option(help="Training config overrides (YAML).")] = None,
-    network_config: Annotated[Path | None, typer.Option(help="Network config (YAML).")] = None,
+    out: RunDirOption = Path("lensml-clusters-run"),
+    config: TrainConfigOption = None,
+    network_config: NetworkConfigOption = None,
     noise: Annotated[str, typer.Option(help=_NOISE_HELP)] = "euclid",
-    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 60,
-    resume: Annotated[bool, typer.Option(help="Continue from OUT's last checkpoint.")] = False,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:K, auto.")] = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-    dump_config: Annotated[bool, typer.Option(help=DUMP_HELP)] = False,
+    epochs: EpochsOption = 60,
+    resume: ResumeOption = False,
+    device: TrainDeviceOption = None,
+    progress: ProgressOption = True,
+    dump_config: DumpConfigOption = False,
 ) -> None:
     """Train a cluster CNN (MSE on normalised labels, AdamW, step decay, early stopping)."""
     options = {
@@ -82,9 +90,7 @@ def train(
 
 def evaluate(
     data: Annotated[Path, typer.Argument(help="Held-out clusters store (noiseless maps).")],
-    model: Annotated[
-        list[Path] | None, typer.Option(help="Saved model directory (repeatable).")
-    ] = None,
+    model: ModelsOption = None,
     out: Annotated[Path, typer.Option(help="Output directory (JSON, tables, PNGs).")] = Path(
         "lensml-clusters-eval"
     ),
@@ -94,8 +100,8 @@ def evaluate(
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the noise realisation.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Maps per forward pass.")] = 256,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:K.")] = "cpu",
-    dump_config: Annotated[bool, typer.Option(help=DUMP_HELP)] = False,
+    device: DeviceOption = "cpu",
+    dump_config: DumpConfigOption = False,
 ) -> None:
     """CNN(s) and the NFW tangential-shear fit on the same maps: bias, σ, RMS per mass bin."""
     models = list(model) if model else []
@@ -130,11 +136,11 @@ def predict(
     inputs: Annotated[
         list[Path], typer.Argument(help="Cluster FITS files (G1, G2 extensions) or a store.")
     ],
-    model: Annotated[Path, typer.Option(help=MODEL_HELP)] = Path("lensml-clusters-run/model"),
-    out: Annotated[Path, typer.Option(help="Output FITS catalogue.")] = Path("clusters.fits"),
+    model: ModelOption = Path("lensml-clusters-run/model"),
+    out: CatalogueOutOption = Path("clusters.fits"),
     batch_size: Annotated[int, typer.Option(help="Maps per forward pass.")] = 64,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:K.")] = "cpu",
-    dump_config: Annotated[bool, typer.Option(help=DUMP_HELP)] = False,
+    device: DeviceOption = "cpu",
+    dump_config: DumpConfigOption = False,
 ) -> None:
     """Virial mass, concentrations, N_sub and f_smooth of each cluster → FITS catalogue."""
     options = {

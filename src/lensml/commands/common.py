@@ -1,15 +1,41 @@
-"""Helpers shared by every CLI command: one-line errors, ``--dump-config``, YAML options."""
+"""Helpers shared by every CLI command: one-line errors, ``--dump-config``, YAML options.
+
+It also holds the option types (``Annotated`` aliases) that several commands declare with the
+same help text; each command keeps its own default in its signature, e.g.
+``out: RunDirOption = Path("lensml-sersic-run")``.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
 __all__ = [
     "DUMP_HELP",
     "MODEL_HELP",
+    "CatalogueOutOption",
+    "DeviceOption",
+    "DumpConfigOption",
+    "EpochsOption",
+    "EvalOutOption",
+    "HduOption",
+    "HeaderPixelScaleOption",
+    "LensImageArgument",
+    "MaskNanOption",
+    "ModelOption",
+    "ModelsOption",
+    "NetworkConfigOption",
+    "PooledMaxItemsOption",
+    "ProgressOption",
+    "ResumeOption",
+    "RunDirOption",
+    "StampsMaxItemsOption",
+    "TrainConfigOption",
+    "TrainDeviceOption",
+    "TrainSeedOption",
+    "VarianceOption",
     "dump_options",
     "fail",
     "hdu_argument",
@@ -21,6 +47,38 @@ __all__ = [
 
 DUMP_HELP = "Print the effective options (YAML) and exit."
 MODEL_HELP = "Saved model directory, or a shipped model's name (lensml info models)."
+
+# Option types shared by several commands (same type and help text; defaults stay with each
+# command). Training commands:
+RunDirOption = Annotated[Path, typer.Option(help="Run directory (checkpoints, metrics, model/).")]
+TrainConfigOption = Annotated[Path | None, typer.Option(help="Training config overrides (YAML).")]
+NetworkConfigOption = Annotated[Path | None, typer.Option(help="Network config (YAML).")]
+EpochsOption = Annotated[int, typer.Option(help="Maximum epochs.")]
+ResumeOption = Annotated[bool, typer.Option(help="Continue from OUT's last checkpoint.")]
+TrainDeviceOption = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:K, auto.")]
+ProgressOption = Annotated[bool, typer.Option(help="Show a progress bar.")]
+TrainSeedOption = Annotated[
+    int, typer.Option(help="Seed of split, weights, shuffling, augmentation.")
+]
+StampsMaxItemsOption = Annotated[int | None, typer.Option(help="Use the first N stamps only.")]
+PooledMaxItemsOption = Annotated[int | None, typer.Option(help="Use the first N pooled items.")]
+# Evaluation / prediction commands:
+DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:K.")]
+DumpConfigOption = Annotated[bool, typer.Option(help=DUMP_HELP)]
+ModelOption = Annotated[Path, typer.Option(help=MODEL_HELP)]
+ModelsOption = Annotated[
+    list[Path] | None, typer.Option(help="Saved model directory (repeatable).")
+]
+EvalOutOption = Annotated[Path, typer.Option(help="Output directory (JSON, PNGs).")]
+CatalogueOutOption = Annotated[Path, typer.Option(help="Output FITS catalogue.")]
+# Strong-lensing prediction from a FITS image (strong, strong-pixelated):
+LensImageArgument = Annotated[Path, typer.Argument(help="FITS image of the lens (linear counts).")]
+HeaderPixelScaleOption = Annotated[
+    float | None, typer.Option(help="arcsec/pixel (required without a header scale).")
+]
+VarianceOption = Annotated[Path | None, typer.Option(help="Variance-map FITS image.")]
+HduOption = Annotated[str | None, typer.Option(help="Image extension (name or number).")]
+MaskNanOption = Annotated[bool, typer.Option(help="Mask NaN/inf pixels instead of failing.")]
 
 #: the exceptions a command turns into one ``error:`` line (bad input, missing files)
 USER_ERRORS = (ValueError, KeyError, OSError)

@@ -13,8 +13,15 @@ from typing import Annotated, Any
 import typer
 
 from lensml.commands.common import (
-    DUMP_HELP,
     USER_ERRORS,
+    CatalogueOutOption,
+    DeviceOption,
+    DumpConfigOption,
+    NetworkConfigOption,
+    ProgressOption,
+    ResumeOption,
+    RunDirOption,
+    TrainDeviceOption,
     dump_options,
     fail,
     load_registries,
@@ -31,16 +38,14 @@ def train(
     data: Annotated[Path, typer.Option(help="Training store written by `lensml simulate`.")] = Path(
         "lensml-data"
     ),
-    out: Annotated[Path, typer.Option(help="Run directory (checkpoints, metrics, model/).")] = Path(
-        "lensml-run"
-    ),
+    out: RunDirOption = Path("lensml-run"),
     config: Annotated[Path | None, typer.Option(help="Training config (YAML).")] = None,
-    network_config: Annotated[Path | None, typer.Option(help="Network config (YAML).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from OUT's last checkpoint.")] = False,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:K, auto.")] = None,
+    network_config: NetworkConfigOption = None,
+    resume: ResumeOption = False,
+    device: TrainDeviceOption = None,
     devices: Annotated[int | None, typer.Option(help="Data-parallel processes per node.")] = None,
     num_nodes: Annotated[int | None, typer.Option(help="Number of nodes (DDP).")] = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: ProgressOption = True,
     dump_config: Annotated[
         bool, typer.Option(help="Print the effective training config (YAML) and exit.")
     ] = False,
@@ -127,9 +132,9 @@ def predict(
     model: Annotated[Path, typer.Option(help="Saved model directory (run/model).")] = Path(
         "lensml-run/model"
     ),
-    out: Annotated[Path, typer.Option(help="Output FITS catalogue.")] = Path("predictions.fits"),
+    out: CatalogueOutOption = Path("predictions.fits"),
     batch_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 256,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:K.")] = "cpu",
+    device: DeviceOption = "cpu",
     pixel_scale: Annotated[
         float | None, typer.Option(help="arcsec/pixel of FITS cutouts without WCS.")
     ] = None,
@@ -147,7 +152,7 @@ def predict(
     chunk: Annotated[
         int, typer.Option(help="With --stream: FITS cutout files or catalogue rows per part.")
     ] = 1024,
-    dump_config: Annotated[bool, typer.Option(help=DUMP_HELP)] = False,
+    dump_config: DumpConfigOption = False,
 ) -> None:
     """Predict labels with a saved model and write them as a FITS catalogue."""
     if dump_config:
@@ -224,8 +229,8 @@ def evaluate(
     model: Annotated[Path, typer.Option(help="Saved model directory.")] = Path("lensml-run/model"),
     out: Annotated[Path | None, typer.Option(help="JSON file for the scores.")] = None,
     batch_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 256,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:K.")] = "cpu",
-    dump_config: Annotated[bool, typer.Option(help=DUMP_HELP)] = False,
+    device: DeviceOption = "cpu",
+    dump_config: DumpConfigOption = False,
 ) -> None:
     """Score a saved model on a labelled store: bias, RMSE, NMAD, R², outliers per label."""
     options = {"data": data, "model": model, "out": out, "batch_size": batch_size, "device": device}

@@ -15,9 +15,21 @@ from typing import Annotated
 import typer
 
 from lensml.commands.common import (
-    DUMP_HELP,
-    MODEL_HELP,
     USER_ERRORS,
+    CatalogueOutOption,
+    DeviceOption,
+    DumpConfigOption,
+    EpochsOption,
+    EvalOutOption,
+    ModelOption,
+    ModelsOption,
+    NetworkConfigOption,
+    ProgressOption,
+    ResumeOption,
+    RunDirOption,
+    StampsMaxItemsOption,
+    TrainConfigOption,
+    TrainDeviceOption,
     dump_options,
     fail,
     load_registries,
@@ -34,12 +46,10 @@ def train(
     data: Annotated[Path, typer.Option(help="Store written by `lensml simulate sersic`.")] = Path(
         "lensml-data"
     ),
-    out: Annotated[Path, typer.Option(help="Run directory (checkpoints, metrics, model/).")] = Path(
-        "lensml-sersic-run"
-    ),
-    config: Annotated[Path | None, typer.Option(help="Training config overrides (YAML).")] = None,
-    network_config: Annotated[Path | None, typer.Option(help="Network config (YAML).")] = None,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 30,
+    out: RunDirOption = Path("lensml-sersic-run"),
+    config: TrainConfigOption = None,
+    network_config: NetworkConfigOption = None,
+    epochs: EpochsOption = 30,
     loss: Annotated[
         str, typer.Option(help="huber_nll (Huber means + σ head), huber, gaussian_nll, mse.")
     ] = "huber_nll",
@@ -47,12 +57,12 @@ def train(
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
     batch_size: Annotated[int, typer.Option(help="Stamps per step.")] = 64,
     augment: Annotated[bool, typer.Option(help="Random 90° rotations / flips.")] = False,
-    max_items: Annotated[int | None, typer.Option(help="Use the first N stamps only.")] = None,
+    max_items: StampsMaxItemsOption = None,
     seed: Annotated[int, typer.Option(help="Seed of split, weights and shuffling.")] = 0,
-    resume: Annotated[bool, typer.Option(help="Continue from OUT's last checkpoint.")] = False,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:K, auto.")] = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-    dump_config: Annotated[bool, typer.Option(help=DUMP_HELP)] = False,
+    resume: ResumeOption = False,
+    device: TrainDeviceOption = None,
+    progress: ProgressOption = True,
+    dump_config: DumpConfigOption = False,
 ) -> None:
     """Train GaLNet-1/2 on mock galaxies (Huber loss, Adam; calibrated σ head)."""
     options = {
@@ -82,12 +92,8 @@ def train(
 
 def evaluate(
     data: Annotated[Path, typer.Argument(help="Held-out sersic store.")],
-    model: Annotated[
-        list[Path] | None, typer.Option(help="Saved model directory (repeatable).")
-    ] = None,
-    out: Annotated[Path, typer.Option(help="Output directory (JSON, PNGs).")] = Path(
-        "lensml-sersic-eval"
-    ),
+    model: ModelsOption = None,
+    out: EvalOutOption = Path("lensml-sersic-eval"),
     fit: Annotated[bool, typer.Option(help="Also run the sersic-fit baseline.")] = True,
     fit_max: Annotated[int, typer.Option(help="Stamps given to the fit.")] = 200,
     fit_mask: Annotated[
@@ -97,8 +103,8 @@ def evaluate(
     examples: Annotated[int, typer.Option(help="Stamps in the residual figure.")] = 4,
     seed: Annotated[int, typer.Option(help="Seed of the residual examples.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Stamps per forward pass.")] = 256,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:K.")] = "cpu",
-    dump_config: Annotated[bool, typer.Option(help=DUMP_HELP)] = False,
+    device: DeviceOption = "cpu",
+    dump_config: DumpConfigOption = False,
 ) -> None:
     """GaLNet(s) and the χ² fitter on the same stamps: Table 2, e_s, χ̃², residuals, speed."""
     models = list(model) if model else []
@@ -126,8 +132,8 @@ def evaluate(
 
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="FITS cutouts, or a sersic store.")],
-    model: Annotated[Path, typer.Option(help=MODEL_HELP)] = Path("lensml-sersic-run/model"),
-    out: Annotated[Path, typer.Option(help="Output FITS catalogue.")] = Path("sersic.fits"),
+    model: ModelOption = Path("lensml-sersic-run/model"),
+    out: CatalogueOutOption = Path("sersic.fits"),
     psf: Annotated[
         list[Path] | None, typer.Option(help="PSF image file: one shared or one per cutout.")
     ] = None,
@@ -146,8 +152,8 @@ def predict(
         bool, typer.Option(help="Interpolate other sizes / pixel scales onto the model grid.")
     ] = False,
     batch_size: Annotated[int, typer.Option(help="Cutouts per forward pass.")] = 256,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:K.")] = "cpu",
-    dump_config: Annotated[bool, typer.Option(help=DUMP_HELP)] = False,
+    device: DeviceOption = "cpu",
+    dump_config: DumpConfigOption = False,
 ) -> None:
     """x, y, mag, R_eff, q, PA, n (and their σ's) of each galaxy cutout → FITS catalogue."""
     psfs = list(psf) if psf else []

@@ -15,8 +15,18 @@ from typing import Annotated
 import typer
 
 from lensml.commands.common import (
-    DUMP_HELP,
     USER_ERRORS,
+    DeviceOption,
+    DumpConfigOption,
+    EpochsOption,
+    EvalOutOption,
+    NetworkConfigOption,
+    ProgressOption,
+    ResumeOption,
+    RunDirOption,
+    StampsMaxItemsOption,
+    TrainConfigOption,
+    TrainDeviceOption,
     dump_options,
     fail,
     load_registries,
@@ -33,12 +43,10 @@ def train(
     data: Annotated[Path, typer.Option(help="Store written by `lensml simulate shear`.")] = Path(
         "lensml-data"
     ),
-    out: Annotated[Path, typer.Option(help="Run directory (checkpoints, metrics, model/).")] = Path(
-        "lensml-shear-run"
-    ),
-    config: Annotated[Path | None, typer.Option(help="Training config overrides (YAML).")] = None,
-    network_config: Annotated[Path | None, typer.Option(help="Network config (YAML).")] = None,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 30,
+    out: RunDirOption = Path("lensml-shear-run"),
+    config: TrainConfigOption = None,
+    network_config: NetworkConfigOption = None,
+    epochs: EpochsOption = 30,
     batch_size: Annotated[int, typer.Option(help="Stamps per optimiser step.")] = 128,
     calib_data: Annotated[
         Path | None, typer.Option(help="Separate matched store for the refit and calibration.")
@@ -53,11 +61,11 @@ def train(
     seed: Annotated[
         int, typer.Option(help="Seed of splits, weights, shuffling, augmentation.")
     ] = 0,
-    max_items: Annotated[int | None, typer.Option(help="Use the first N stamps only.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from OUT's last checkpoint.")] = False,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:K, auto.")] = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-    dump_config: Annotated[bool, typer.Option(help=DUMP_HELP)] = False,
+    max_items: StampsMaxItemsOption = None,
+    resume: ResumeOption = False,
+    device: TrainDeviceOption = None,
+    progress: ProgressOption = True,
+    dump_config: DumpConfigOption = False,
 ) -> None:
     """Train a CNN shear estimator (MSE on g), then refit, symmetrise and calibrate it."""
     options = {
@@ -92,9 +100,7 @@ def evaluate(
     model: Annotated[
         list[Path] | None, typer.Option(help="Saved shear model directory (repeatable).")
     ] = None,
-    out: Annotated[Path, typer.Option(help="Output directory (JSON, PNGs).")] = Path(
-        "lensml-shear-eval"
-    ),
+    out: EvalOutOption = Path("lensml-shear-eval"),
     method: Annotated[
         list[str] | None, typer.Option(help="cnn, ksb, regauss (repeatable; default all).")
     ] = None,
@@ -102,11 +108,11 @@ def evaluate(
         float, typer.Option(help="Fraction of stamps used to fit m, c (the rest is the test).")
     ] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed of the calibration/test split.")] = 0,
-    max_items: Annotated[int | None, typer.Option(help="Use the first N stamps only.")] = None,
+    max_items: StampsMaxItemsOption = None,
     moments_workers: Annotated[int, typer.Option(help="Processes for KSB/REGAUSS.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Stamps per CNN forward pass.")] = 512,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:K.")] = "cpu",
-    dump_config: Annotated[bool, typer.Option(help=DUMP_HELP)] = False,
+    device: DeviceOption = "cpu",
+    dump_config: DumpConfigOption = False,
 ) -> None:
     """CNN(s), KSB and REGAUSS on the same stamps: σ_i, m_i, c_i, failures, speeds (Table 4)."""
     models = list(model) if model else []
@@ -156,8 +162,8 @@ def predict(
     ] = None,
     n_boot: Annotated[int, typer.Option(help="Bootstrap replicates of the field errors.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:K.")] = "cpu",
-    dump_config: Annotated[bool, typer.Option(help=DUMP_HELP)] = False,
+    device: DeviceOption = "cpu",
+    dump_config: DumpConfigOption = False,
 ) -> None:
     """Shear catalogue (id, x, y, ra, dec, g1, g2, flag) + smoothed field maps and whiskers."""
     columns = {k: v for k, v in (("x", x_col), ("y", y_col), ("ra", ra_col), ("dec", dec_col),

@@ -15,9 +15,25 @@ from typing import Annotated
 import typer
 
 from lensml.commands.common import (
-    DUMP_HELP,
-    MODEL_HELP,
     USER_ERRORS,
+    DeviceOption,
+    DumpConfigOption,
+    EpochsOption,
+    EvalOutOption,
+    HduOption,
+    HeaderPixelScaleOption,
+    LensImageArgument,
+    MaskNanOption,
+    ModelOption,
+    NetworkConfigOption,
+    PooledMaxItemsOption,
+    ProgressOption,
+    ResumeOption,
+    RunDirOption,
+    TrainConfigOption,
+    TrainDeviceOption,
+    TrainSeedOption,
+    VarianceOption,
     dump_options,
     fail,
     hdu_argument,
@@ -38,20 +54,18 @@ def train(
         list[Path] | None,
         typer.Option(help="Store written by `lensml simulate strong` (repeatable: variants)."),
     ] = None,
-    out: Annotated[Path, typer.Option(help="Run directory (checkpoints, metrics, model/).")] = Path(
-        "lensml-strong-run"
-    ),
-    config: Annotated[Path | None, typer.Option(help="Training config overrides (YAML).")] = None,
-    network_config: Annotated[Path | None, typer.Option(help="Network config (YAML).")] = None,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 30,
+    out: RunDirOption = Path("lensml-strong-run"),
+    config: TrainConfigOption = None,
+    network_config: NetworkConfigOption = None,
+    epochs: EpochsOption = 30,
     lr: Annotated[float, typer.Option(help="RIM learning rate (forward operator: 0.1×).")] = 5e-5,
     batch_size: Annotated[int, typer.Option(help="Pairs per optimiser step.")] = 8,
-    seed: Annotated[int, typer.Option(help="Seed of split, weights, shuffling, augmentation.")] = 0,
-    max_items: Annotated[int | None, typer.Option(help="Use the first N pooled items.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from OUT's last checkpoint.")] = False,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:K, auto.")] = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-    dump_config: Annotated[bool, typer.Option(help=DUMP_HELP)] = False,
+    seed: TrainSeedOption = 0,
+    max_items: PooledMaxItemsOption = None,
+    resume: ResumeOption = False,
+    device: TrainDeviceOption = None,
+    progress: ProgressOption = True,
+    dump_config: DumpConfigOption = False,
 ) -> None:
     """Train AstroRIM (eq. 43 loss) on strong-lens store(s)."""
     stores = list(data) if data else [Path("lensml-data")]
@@ -90,18 +104,16 @@ def train(
 
 def evaluate(
     data: Annotated[list[Path], typer.Argument(help="Held-out strong store(s), e.g. v1 … v6.")],
-    model: Annotated[Path, typer.Option(help=MODEL_HELP)] = Path("lensml-strong-run/model"),
-    out: Annotated[Path, typer.Option(help="Output directory (JSON, PNGs).")] = Path(
-        "lensml-strong-eval"
-    ),
+    model: ModelOption = Path("lensml-strong-run/model"),
+    out: EvalOutOption = Path("lensml-strong-eval"),
     include_fit: Annotated[bool, typer.Option(help="Run the lens-fit baseline.")] = True,
     fit_max: Annotated[int, typer.Option(help="Systems fitted by the baseline.")] = 12,
     fit_config: Annotated[Path | None, typer.Option(help="lens-fit config (YAML).")] = None,
     max_items: Annotated[int | None, typer.Option(help="First N items of each store.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
     seed: Annotated[int, typer.Option(help="Recorded seed.")] = 0,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:K.")] = "cpu",
-    dump_config: Annotated[bool, typer.Option(help=DUMP_HELP)] = False,
+    device: DeviceOption = "cpu",
+    dump_config: DumpConfigOption = False,
 ) -> None:
     """Source SSIM / MSE per variant (Table 2), lens-parameter errors, σ_v and M(<θ_E)."""
     options = {
@@ -134,22 +146,20 @@ def evaluate(
 
 
 def predict(
-    image: Annotated[Path, typer.Argument(help="FITS image of the lens (linear counts).")],
-    model: Annotated[Path, typer.Option(help=MODEL_HELP)] = Path("lensml-strong-run/model"),
+    image: LensImageArgument,
+    model: ModelOption = Path("lensml-strong-run/model"),
     out: Annotated[Path, typer.Option(help="Output FITS (source, κ, model, table).")] = Path(
         "strong.fits"
     ),
-    pixel_scale: Annotated[
-        float | None, typer.Option(help="arcsec/pixel (required without a header scale).")
-    ] = None,
+    pixel_scale: HeaderPixelScaleOption = None,
     psf: Annotated[Path | None, typer.Option(help="PSF FITS image.")] = None,
-    variance: Annotated[Path | None, typer.Option(help="Variance-map FITS image.")] = None,
-    hdu: Annotated[str | None, typer.Option(help="Image extension (name or number).")] = None,
+    variance: VarianceOption = None,
+    hdu: HduOption = None,
     z_l: Annotated[float | None, typer.Option(help="Lens redshift.")] = None,
     z_s: Annotated[float | None, typer.Option(help="Source redshift.")] = None,
-    mask_nan: Annotated[bool, typer.Option(help="Mask NaN/inf pixels instead of failing.")] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:K.")] = "cpu",
-    dump_config: Annotated[bool, typer.Option(help=DUMP_HELP)] = False,
+    mask_nan: MaskNanOption = False,
+    device: DeviceOption = "cpu",
+    dump_config: DumpConfigOption = False,
 ) -> None:
     """Source, κ map and lens parameters (θ_E, σ_v, M(<θ_E)) of a FITS image + a panel."""
     options = {

@@ -15,9 +15,25 @@ from typing import Annotated
 import typer
 
 from lensml.commands.common import (
-    DUMP_HELP,
-    MODEL_HELP,
     USER_ERRORS,
+    DeviceOption,
+    DumpConfigOption,
+    EpochsOption,
+    EvalOutOption,
+    HduOption,
+    HeaderPixelScaleOption,
+    LensImageArgument,
+    MaskNanOption,
+    ModelOption,
+    NetworkConfigOption,
+    PooledMaxItemsOption,
+    ProgressOption,
+    ResumeOption,
+    RunDirOption,
+    TrainConfigOption,
+    TrainDeviceOption,
+    TrainSeedOption,
+    VarianceOption,
     dump_options,
     fail,
     hdu_argument,
@@ -42,23 +58,21 @@ def train(
         list[Path] | None,
         typer.Option(help="Store written by `lensml simulate strong-pixelated` (repeatable)."),
     ] = None,
-    out: Annotated[Path, typer.Option(help="Run directory (checkpoints, metrics, model/).")] = Path(
-        "lensml-strong-pixelated-run"
-    ),
-    config: Annotated[Path | None, typer.Option(help="Training config overrides (YAML).")] = None,
-    network_config: Annotated[Path | None, typer.Option(help="Network config (YAML).")] = None,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 20,
+    out: RunDirOption = Path("lensml-strong-pixelated-run"),
+    config: TrainConfigOption = None,
+    network_config: NetworkConfigOption = None,
+    epochs: EpochsOption = 20,
     lr: Annotated[float, typer.Option(help="Initial learning rate (paper: 1e-4).")] = 1e-4,
     batch_size: Annotated[int, typer.Option(help="Examples per optimiser step.")] = 8,
-    seed: Annotated[int, typer.Option(help="Seed of split, weights, shuffling, augmentation.")] = 0,
-    max_items: Annotated[int | None, typer.Option(help="Use the first N pooled items.")] = None,
+    seed: TrainSeedOption = 0,
+    max_items: PooledMaxItemsOption = None,
     time_budget: Annotated[
         float | None, typer.Option(help="Stop training after this many seconds.")
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from OUT's last checkpoint.")] = False,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:K, auto.")] = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-    dump_config: Annotated[bool, typer.Option(help=DUMP_HELP)] = False,
+    resume: ResumeOption = False,
+    device: TrainDeviceOption = None,
+    progress: ProgressOption = True,
+    dump_config: DumpConfigOption = False,
 ) -> None:
     """Train the pixelated RIM or one of its two VAEs on strong-pixelated store(s)."""
     stores = list(data) if data else [Path("lensml-data")]
@@ -94,18 +108,14 @@ def train(
 
 def evaluate(
     data: Annotated[Path, typer.Argument(help="Held-out strong-pixelated store.")],
-    model: Annotated[Path, typer.Option(help=MODEL_HELP)] = Path(
-        "lensml-strong-pixelated-run/model"
-    ),
+    model: ModelOption = Path("lensml-strong-pixelated-run/model"),
     vae_source: Annotated[
         Path | None, typer.Option(help="Source VAE model directory (fine-tuning).")
     ] = None,
     vae_kappa: Annotated[
         Path | None, typer.Option(help="κ VAE model directory (fine-tuning).")
     ] = None,
-    out: Annotated[Path, typer.Option(help="Output directory (JSON, PNGs).")] = Path(
-        "lensml-strong-pixelated-eval"
-    ),
+    out: EvalOutOption = Path("lensml-strong-pixelated-eval"),
     n_finetune: Annotated[int, typer.Option(help="Systems fine-tuned (needs both VAEs).")] = 8,
     finetune_config: Annotated[
         Path | None, typer.Option(help="Fine-tuning config (YAML, Table 3 fields).")
@@ -113,8 +123,8 @@ def evaluate(
     max_items: Annotated[int | None, typer.Option(help="First N systems of the store.")] = None,
     batch_size: Annotated[int, typer.Option(help="Observations per forward pass.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the Fisher samples.")] = 0,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:K.")] = "cpu",
-    dump_config: Annotated[bool, typer.Option(help=DUMP_HELP)] = False,
+    device: DeviceOption = "cpu",
+    dump_config: DumpConfigOption = False,
 ) -> None:
     """χ²_ν before/after fine-tuning, Table 4, coherence spectra and reconstruction panels."""
     options = {
@@ -143,32 +153,28 @@ def evaluate(
 
 
 def predict(
-    image: Annotated[Path, typer.Argument(help="FITS image of the lens (linear counts).")],
-    model: Annotated[Path, typer.Option(help=MODEL_HELP)] = Path(
-        "lensml-strong-pixelated-run/model"
-    ),
+    image: LensImageArgument,
+    model: ModelOption = Path("lensml-strong-pixelated-run/model"),
     out: Annotated[Path, typer.Option(help="Output FITS (source, κ, model, residual).")] = Path(
         "strong-pixelated.fits"
     ),
-    pixel_scale: Annotated[
-        float | None, typer.Option(help="arcsec/pixel (required without a header scale).")
-    ] = None,
+    pixel_scale: HeaderPixelScaleOption = None,
     psf: Annotated[Path | None, typer.Option(help="PSF FITS kernel (image pixel scale).")] = None,
     psf_fwhm: Annotated[
         float | None, typer.Option(help="Gaussian PSF FWHM, arcsec (without --psf).")
     ] = None,
     sigma: Annotated[float | None, typer.Option(help="Noise σ per input pixel.")] = None,
-    variance: Annotated[Path | None, typer.Option(help="Variance-map FITS image.")] = None,
-    hdu: Annotated[str | None, typer.Option(help="Image extension (name or number).")] = None,
-    mask_nan: Annotated[bool, typer.Option(help="Mask NaN/inf pixels instead of failing.")] = False,
+    variance: VarianceOption = None,
+    hdu: HduOption = None,
+    mask_nan: MaskNanOption = False,
     vae_source: Annotated[Path | None, typer.Option(help="Source VAE (fine-tuning).")] = None,
     vae_kappa: Annotated[Path | None, typer.Option(help="κ VAE (fine-tuning).")] = None,
     finetune_steps: Annotated[
         int, typer.Option(help="Fine-tuning steps (0: baseline only; needs both VAEs).")
     ] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the Fisher samples.")] = 0,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:K.")] = "cpu",
-    dump_config: Annotated[bool, typer.Option(help=DUMP_HELP)] = False,
+    device: DeviceOption = "cpu",
+    dump_config: DumpConfigOption = False,
 ) -> None:
     """Pixelated source and κ map of a FITS image, its model, residuals and a panel."""
     options = {
