@@ -24,6 +24,9 @@ def test_dump_config_prints_the_options(tmp_path):
     assert res.exit_code == 0, res.output
     opts = yaml.safe_load(res.output)
     assert opts["network"] == "astrorim" and opts["epochs"] == 3 and len(opts["data"]) == 2
+    from lensml.pipelines.strong import LAMBDA_LABEL
+
+    assert opts["lambda_label"] == LAMBDA_LABEL  # the CLI default is the pipeline's
     res = runner.invoke(_app(), ["predict", "x.fits", "--pixel-scale", "0.05", "--dump-config"])
     assert res.exit_code == 0 and yaml.safe_load(res.output)["pixel_scale"] == 0.05
     res = runner.invoke(_app(), ["evaluate", "s1", "s2", "--fit-max", "3", "--dump-config"])

@@ -60,6 +60,10 @@ def train(
     epochs: EpochsOption = 30,
     lr: Annotated[float, typer.Option(help="RIM learning rate (forward operator: 0.1×).")] = 5e-5,
     batch_size: Annotated[int, typer.Option(help="Pairs per optimiser step.")] = 8,
+    lambda_label: Annotated[
+        float,
+        typer.Option(help="Supervised lens-parameter weight (0: the paper's loss alone)."),
+    ] = 0.01,
     seed: TrainSeedOption = 0,
     max_items: PooledMaxItemsOption = None,
     resume: ResumeOption = False,
@@ -72,7 +76,8 @@ def train(
     options = {
         "network": network, "data": stores, "out": out, "config": config,
         "network_config": network_config, "epochs": epochs, "lr": lr,
-        "batch_size": batch_size, "seed": seed, "max_items": max_items, "resume": resume,
+        "batch_size": batch_size, "lambda_label": lambda_label, "seed": seed,
+        "max_items": max_items, "resume": resume,
         "device": device,
     }  # fmt: skip
     if dump_config:
@@ -94,6 +99,7 @@ def train(
             resume=resume,
             progress=progress,
             max_items=max_items,
+            lambda_label=lambda_label,
             network_config=read_mapping(network_config, "network config") or None,
             train_overrides=read_mapping(config, "training config") or None,
         )
