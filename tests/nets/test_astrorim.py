@@ -615,9 +615,17 @@ def test_label_penalty_zero_at_truth_periodic_and_scaled():
     half = scale * 16.0
     target = labels_to_params(labels, half)
     assert float(label_penalty(target, target)) == pytest.approx(0.0, abs=1e-10)
-    # φ and γ_φ are π-periodic: adding π changes nothing
+    # φ and γ_φ are π-periodic: adding π leaves only the term that keeps them in [−π/2, π/2]
     turned = {**target, "phi": target["phi"] + math.pi, "gamma_phi": target["gamma_phi"] - math.pi}
-    assert float(label_penalty(turned, target)) == pytest.approx(0.0, abs=1e-8)
+    out = torch.relu(turned["phi"].abs() - math.pi / 2) ** 2
+    out = out + torch.relu(turned["gamma_phi"].abs() - math.pi / 2) ** 2
+    expected = float((out / LABEL_SCALES["angle_period"] ** 2).mean())
+    assert expected > 0
+    assert float(label_penalty(turned, target)) == pytest.approx(expected, rel=1e-5)
+    # an angle error counts by how well the truth defines the angle: none for a round lens
+    round_t = {**target, "q": torch.ones_like(target["q"]), "gamma": torch.zeros_like(target["q"])}
+    spun = {**round_t, "phi": round_t["phi"] * 0.5, "gamma_phi": round_t["gamma_phi"] * 0.5}
+    assert float(label_penalty(spun, round_t)) == pytest.approx(0.0, abs=1e-10)
     # a 5 % error in b alone is one scale unit in one of seven terms
     bigger = {**target, "b": target["b"] * math.exp(LABEL_SCALES["log_b"])}
     assert float(label_penalty(bigger, target)) == pytest.approx(1.0 / 7.0, rel=1e-4)
