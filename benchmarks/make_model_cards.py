@@ -152,12 +152,15 @@ def _strong_card() -> dict:
             "theta_e_rel_error": lens["b_rel"], "q_abs_error": lens["q_abs"],
             "reduced_chi2": ev["forward"]["astrorim"]["reduced_chi2"],
         },
-        "intended_inputs": {"image": "96x96 pixels, 0.04 arcsec/pixel (HST-like; other scales "
-                                     "are resampled by lensml predict strong)",
+        "intended_inputs": {"image": "96x96 pixels, sky-subtracted counts; trained at 0.04 "
+                                     "arcsec/pixel (HST-like) and, in v3-v4, 0.08 and 0.2 "
+                                     "arcsec/pixel; lensml predict strong resamples other "
+                                     "scales",
                             "psf": "learned global Moffat + residual (the observation's PSF "
                                    "is not an input)",
-                            "lenses": "SIE + shear (+ NFW) with theta_E 0.9-1.5 arcsec, the "
-                                      "strong generator's v1-v6 priors"},
+                            "lenses": "SIE + shear (+ NFW, subhalos) of the strong "
+                                      "generator's v1-v6 priors: theta_E 0.16-2.1 arcsec "
+                                      "(5-95 %, median 1.08)"},
         "limitations": "CPU-scale training (tens of minutes; the paper trains 500k pairs on "
                        "a GPU); see docs/benchmarks.md for the measured goals.",
     }  # fmt: skip
