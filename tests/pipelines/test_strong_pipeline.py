@@ -204,6 +204,9 @@ def test_train_evaluate_predict(stores, trained, tmp_path):
     assert data["fit"]["n"] == 2 and data["timing"]["fit_s_per_system"] > 0
     assert data["timing"]["astrorim_ms_per_image"] > 0
     assert data["lens"]["astrorim"]["b_rel"]["n"] == 16
+    per_variant = data["lens"]["astrorim"]["theta_e_median_rel_error_per_variant"]
+    assert set(per_variant) == {"v1", "v4"} and all(v >= 0 for v in per_variant.values())
+    assert any(t["caption"].startswith("Median |Δθ_E| / θ_E per variant") for t in ev["tables"])
     assert data["store_sigma_v_matches_conversion"] < 1e-4
     assert all((tmp_path / "ev" / f).is_file() for f in ("reconstructions.png",
                                                           "ssim_theta_e.png"))  # fmt: skip

@@ -209,6 +209,11 @@ def _lens_block(
     out["sigma_v_rel"] = summary_stats(np.abs(sig_p - sig_t) / sig_t)
     out["mass_rel"] = summary_stats(np.abs(m_p - m_t) / m_t)
     out["theta_e_median_rel_error"] = out["b_rel"]["median"]
+    if "variant" in data:
+        variant = np.asarray(data["variant"])
+        out["theta_e_median_rel_error_per_variant"] = {
+            str(v): float(np.median(errs["b_rel"][variant == v])) for v in dict.fromkeys(variant)
+        }
     return out, {"sigma_v_pred": sig_p, "sigma_v_true": sig_t, "mass_pred": m_p, "mass_true": m_t}
 
 
@@ -468,6 +473,20 @@ def format_tables(result: Mapping[str, Any]) -> list[dict[str, Any]]:
             "rows": lrows,
         }
     )
+    variants = list(result.get("variants") or [])
+    vrows = [
+        [method, *(_g(e["theta_e_median_rel_error_per_variant"].get(v)) for v in variants)]
+        for method, e in result["lens"].items()
+        if "theta_e_median_rel_error_per_variant" in e
+    ]
+    if vrows and len(variants) > 1:
+        tables.append(
+            {
+                "caption": "Median |Δθ_E| / θ_E per variant",
+                "columns": ["method", *variants],
+                "rows": vrows,
+            }
+        )
     t = result["timing"]
     trows = [["astrorim", f"{_g(t['astrorim_ms_per_image'])} ms / image", t["device"]]]
     if "fit_s_per_system" in t:
