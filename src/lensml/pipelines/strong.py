@@ -620,19 +620,21 @@ def quickstart_section(
     )  # fmt: skip
     shutil.rmtree(work)
     tables = ev["tables"]
+    variants = ", ".join(cfg["variants"])
     text = (
-        f"{cfg['n_train']} lenses per variant ({', '.join(cfg['variants'])}) simulated at 96² "
-        "pixels; "
-        + (
-            "the shipped astrorim-small weights were used. "
+        (
+            f"{cfg['n_test']} held-out lenses per variant ({variants}) simulated at 96² pixels; "
+            "the shipped astrorim-small weights (lensml.models, trained on all six variants; "
+            "see its model card) were used. "
             if shipped is not None
-            else f"astrorim-small trained for {epochs_done} epoch(s) on CPU. "
+            else f"{cfg['n_train']} training lenses per variant ({variants}) simulated at 96² "
+            f"pixels; astrorim-small trained for {epochs_done} epoch(s) on CPU. "
         )
         + f"Sources reconstructed for {ev['n']} held-out lenses (SSIM and MSE on per-example "
         "[0, 1]-normalised sources, the paper's Table 2) and the parametric lens fit "
         f"(SIE + shear + Sérsic, fast settings) on {ev['fit']['n'] if ev.get('fit') else 0} "
-        "of them. A demo, not a measurement: benchmarks/strong_accuracy.py trains longer on "
-        "all six variants."
+        "of them. A demo, not a measurement: benchmarks/strong_accuracy.py evaluates 50 "
+        "lenses of each of the six variants."
     )
     paths = [Path(p) for p in ev["figures"]] + [Path(ev["json"])]
     summary = {
