@@ -100,7 +100,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--keep", type=Path, default=None, help="keep the work directory here")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the training in --keep's run/ for another --train-seconds",
+    )
     args = p.parse_args(argv)
+    if args.resume and not (args.keep and (Path(args.keep) / "run").is_dir()):
+        p.error("--resume needs --keep DIR holding the earlier run (DIR/run)")
 
     import torch
 
@@ -129,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
         train = train_strong(
             train_dirs, "astrorim-small", work / "run", args.epochs, lr=args.lr,
             batch_size=args.batch_size, seed=args.seed, warmup_epochs=1,
-            time_budget_s=args.train_seconds,
+            time_budget_s=args.train_seconds, resume=args.resume,
             **({} if args.lambda_label is None else {"lambda_label": args.lambda_label}),
             device=None if args.device == "cpu" else args.device, progress=False,
         )  # fmt: skip
