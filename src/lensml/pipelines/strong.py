@@ -325,14 +325,17 @@ def encoder_ranges(
     return out
 
 
-def prior_centres(data_dir: str | Path | Sequence[str | Path]) -> dict[str, float]:
+def prior_centres(
+    data_dir: str | Path | Sequence[str | Path], b_max: float | None = None
+) -> dict[str, float]:
     """Centres of the eq. 48–49 parameter prior taken from the stores' labels.
 
     The paper centres b at 0.08 L (its θ_E range is b ≤ 0.3 L) and bounds it by 0.5 L; the
-    ``strong`` generator's θ_E of 0.9–1.5″ at 0.04″/px is b ≈ 0.5–0.8 L, so the paper's
-    prior pulls every Einstein radius down. Returned: the median b / L, ``b_max`` = the
-    encoder range's upper end (:func:`encoder_ranges`), and the median κ_s and r_s / L of the
-    systems that have a halo (the paper's values where none has); q and γ keep the paper's.
+    ``strong`` generator's θ_E (median about 1.1″) at 0.04″/px is b ≈ 0.56 L, so the paper's
+    prior pulls every Einstein radius down. Returned: the median b / L, ``b_max`` (given, or
+    the encoder range's upper end, :func:`encoder_ranges`), and the median κ_s and r_s / L of
+    the systems that have a halo (the paper's values where none has); q and γ keep the
+    paper's.
     """
     from lensml.nets.rim import PAPER_PRIOR
 
@@ -342,7 +345,7 @@ def prior_centres(data_dir: str | Path | Sequence[str | Path]) -> dict[str, floa
     col = {n: j for j, n in enumerate(LABELS)}
     out = {
         "b": float(np.median(lab[:, col["b"]] / half)),
-        "b_max": float(encoder_ranges(data_dir)["b"][1]),
+        "b_max": float(encoder_ranges(data_dir)["b"][1] if b_max is None else b_max),
     }
     halo = lab[:, col["kappa_s"]] > 0
     if halo.any():
@@ -464,11 +467,12 @@ def train_strong(
     n = total if max_items is None else min(total, int(max_items))
     if n < 2:
         raise ValueError(f"data_dir: need at least 2 items to train, got {n}")
+    ranges = encoder_ranges(roots)
     net_cfg: dict[str, Any] = {
         "image_size": infos[0].size,
         "source_size": infos[0].source_size,
-        "ranges": encoder_ranges(roots),
-        "prior": prior_centres(roots),
+        "ranges": ranges,
+        "prior": prior_centres(roots, b_max=ranges["b"][1]),
         "lambda_label": float(lambda_label),
         "encoder_lr_scale": ENCODER_LR_SCALE if lambda_label > 0 else 0.1,
         "core": 0.0,
