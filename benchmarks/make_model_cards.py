@@ -134,7 +134,13 @@ def _strong_card() -> dict:
     lens = ev["lens"]["astrorim"]
     cmd = (f"python benchmarks/strong_accuracy.py --n-train {args['n_train']} "
            f"--n-test {args['n_test']} --train-seconds {args['train_seconds']:g} "
-           "--keep WORK; then copy WORK/run/model (CPU)")  # fmt: skip
+           "--keep WORK")  # fmt: skip
+    prev = res.get("resumed_from")
+    if prev:
+        cmd = cmd.replace(f"--train-seconds {args['train_seconds']:g}",
+                          f"--train-seconds {prev['train_seconds']:g}")  # fmt: skip
+        cmd += f", then again with --resume --train-seconds {args['train_seconds']:g}"
+    cmd += "; WORK/run/model is the shipped directory (CPU)"
     return {
         "name": "astrorim-small",
         "pipeline": "strong",

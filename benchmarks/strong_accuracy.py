@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     from lensml.pipelines.strong_eval import evaluate_strong
 
     t_start = time.perf_counter()
+    resumed_from = _earlier_run(args.out) if args.resume else None
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="strong-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -183,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
                 k: ev[k]
                 for k in ("n", "variants", "source_metrics", "lens", "forward", "timing", "fit")
             },
+            "resumed_from": resumed_from,
             "speed": speed,
             "goals": goals,
             "timings_s": timings,
@@ -197,6 +199,22 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _earlier_run(path: Path) -> dict | None:
+    """What the results JSON at ``path`` says of the run that ``--resume`` continues."""
+    if not path.is_file():
+        return None
+    old = json.loads(path.read_text(encoding="utf-8"))
+    earlier = old.get("resumed_from")
+    return {
+        "created": old.get("created"),
+        "train_seconds": old["args"]["train_seconds"] + (earlier or {}).get("train_seconds", 0),
+        "global_step": old["training"]["global_step"],
+        "epochs": old["training"]["epochs"],
+        "mean_ssim": old["goals"]["mean_ssim_ge_0.95"]["value"],
+        "median_theta_e_error": old["goals"]["median_theta_e_error_lt_5pct"]["value"],
+    }
 
 
 def _safe(obj):
