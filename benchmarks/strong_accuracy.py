@@ -175,9 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "best_val_loss": train["best_val_loss"],
                 "final_train_loss": train["final_train_loss"],
                 "pairs_per_s": train["pairs_per_s"],
-                "network_config": json.loads(
-                    (Path(train["model_dir"]) / "model.json").read_text(encoding="utf-8")
-                )["network"]["config"],
+                "network_config": train["network_config"],
                 "gpu_run": False,
             },
             "evaluation": {

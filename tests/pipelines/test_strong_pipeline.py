@@ -138,6 +138,7 @@ def test_prior_centres_follow_the_labels(stores, trained):
     assert set(prior) == {"b", "b_max", "kappa_s", "r_s"}
     # train_strong's defaults: data-centred prior, supervised lens parameters
     cfg = json.loads((trained["model_dir"] / "model.json").read_text())["network"]["config"]
+    assert trained["network_config"] == cfg  # what the benchmark records
     assert cfg["prior"] == pytest.approx(prior) and cfg["lambda_label"] > 0
     assert cfg["encoder_lr_scale"] == 1.0
 

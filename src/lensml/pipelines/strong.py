@@ -444,8 +444,9 @@ def train_strong(
     Returns
     -------
     dict
-        :func:`lensml.train.fit`'s result plus ``network``, ``n_train``, ``n_val``,
-        ``variants``, ``train_seconds`` and ``pairs_per_s``.
+        :func:`lensml.train.fit`'s result plus ``network``, ``network_config`` (the build
+        config saved in ``model.json``), ``n_train``, ``n_val``, ``variants``,
+        ``train_seconds`` and ``pairs_per_s``.
 
     Raises
     ------
@@ -541,6 +542,7 @@ def train_strong(
         )
     result.update(
         network=network,
+        network_config=dict(net_cfg),
         n_train=len(train_ds),
         n_val=len(val_ds),
         variants=[i.variant for i in infos],
