@@ -123,6 +123,18 @@ class SersicModel:
     psf_size: int
     meta: dict[str, Any] = field(default_factory=dict)
     has_sigma: bool = False
+    _folded: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def inference_net(self, device: str = "cpu") -> Any:
+        """The network for inference: an eval-mode copy with its Conv2d → BatchNorm2d pairs
+        folded (:func:`lensml.nets.inference.fold_batchnorm`; same outputs, ~1.7× faster on
+        CPU), made once per device and network and cached."""
+        from lensml.nets.inference import fold_batchnorm
+
+        key = (id(self.net), str(device))
+        if self._folded is None or self._folded[0] != key:
+            self._folded = (key, fold_batchnorm(self.net.to(device)))
+        return self._folded[1]
 
     def inputs(self, image: Any, psf: Any | None) -> Any:
         """Network input from raw stamps ``(N, 1, S, S)`` (ADU) and PSFs ``(N or 1, 1, P, P)``."""
@@ -157,9 +169,9 @@ class SersicModel:
         import torch
 
         norm = self.info.normalisation
-        net = self.net.to(device).eval()
+        net = self.inference_net(device)
         mus, sigmas = [], []
-        with torch.no_grad():
+        with torch.inference_mode():
             for x in batches:
                 out = net(norm.normalise_input(x.to(device))).float()
                 if self.has_sigma:

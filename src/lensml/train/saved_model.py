@@ -411,6 +411,10 @@ def predict(
 ) -> torch.Tensor:
     """Predictions in label units.
 
+    The network runs in evaluation mode with its Conv2d → BatchNorm2d pairs folded into the
+    convolutions (:func:`lensml.nets.inference.fold_batchnorm`); the model passed in is not
+    modified.
+
     Parameters
     ----------
     model : path or (nn.Module, ModelInfo)
@@ -437,8 +441,11 @@ def predict(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    from lensml.nets.inference import fold_batchnorm
+
     net, info = model if isinstance(model, tuple) else load_model(model, device)
-    net = net.to(device).eval()
+    # an eval-mode copy with Conv2d → BatchNorm2d folded: same outputs, faster on CPU
+    net = fold_batchnorm(net.to(device))
     key = input_key or str(info.train_config.get("input_key", "image"))
     norm = info.normalisation
     normalised = bool(info.train_config.get("normalise_labels", True))

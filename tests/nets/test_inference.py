@@ -1,0 +1,89 @@
+"""Tests of lensml.nets.inference: BatchNorm folding leaves outputs unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lensml.nets.inference import fold_batchnorm, fold_conv_bn
+from lensml.train import build_network
+
+
+def _randomise_bn(net: nn.Module, seed: int) -> None:
+    """Give every BatchNorm non-trivial running statistics and affine parameters."""
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g, dtype=torch.float64).float())
+            m.running_var.copy_(0.2 + torch.rand(n, generator=g, dtype=torch.float64).float())
+            if m.affine:
+                with torch.no_grad():
+                    m.weight.copy_(0.5 + torch.rand(n, generator=g))
+                    m.bias.copy_(torch.randn(n, generator=g))
+
+
+@pytest.mark.parametrize("name", ["galnet-1-small", "galnet-2-small", "vgg-small"])
+def test_folded_network_gives_the_same_outputs(name: str) -> None:
+    net = build_network(name, {}, seed=3).double()
+    _randomise_bn(net, seed=4)
+    net.eval()
+    x = torch.randn((5, net.in_channels, net.input_size, net.input_size),
+                    generator=torch.Generator().manual_seed(5), dtype=torch.float64)  # fmt: skip
+    folded = fold_batchnorm(net)
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    assert n_bn > 0
+    assert folded.folded_batchnorms == n_bn
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), rtol=1e-10, atol=1e-10)
+
+
+def test_original_network_is_untouched_and_still_trains() -> None:
+    net = build_network("galnet-1-small", {}, seed=0)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    net.train()
+    fold_batchnorm(net)
+    assert net.training
+    after = net.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("affine", [False, True])
+def test_fold_conv_bn_matches_the_pair(bias: bool, affine: bool) -> None:
+    g = torch.Generator().manual_seed(1)
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2, bias=bias).double()
+    bn = nn.BatchNorm2d(6, eps=1e-3, affine=affine).double()
+    _randomise_bn(nn.Sequential(conv, bn), seed=2)
+    bn.eval()
+    x = torch.randn((3, 4, 9, 9), generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(fold_conv_bn(conv, bn)(x), bn(conv(x)), rtol=1e-12, atol=1e-12)
+
+
+def test_only_consecutive_sequential_pairs_are_folded() -> None:
+    class Loose(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+            self.bn = nn.BatchNorm2d(2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.bn(self.conv(x))
+
+    net = nn.Sequential(Loose(), nn.Conv2d(2, 3, 1), nn.ReLU(), nn.BatchNorm2d(3))
+    folded = fold_batchnorm(net)
+    assert folded.folded_batchnorms == 0
+    x = torch.randn(2, 1, 8, 8)
+    net.eval()
+    torch.testing.assert_close(folded(x), net(x))
+
+
+def test_mismatched_pair_is_refused() -> None:
+    with pytest.raises(ValueError, match="3 features but the Conv2d before it 2 output"):
+        fold_conv_bn(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(3))
+    with pytest.raises(ValueError, match="running statistics"):
+        fold_conv_bn(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False))
