@@ -77,8 +77,9 @@ def _clusters_card() -> dict:
         "name": "vgg-small",
         "pipeline": "clusters",
         "network": "vgg-small (CPU preset of the paper's VGG), learns log10 c",
-        "trained_by": "python benchmarks/clusters_accuracy.py --n-train 3000 --n-test 3000 "
-                      "--epochs 12 (CPU, 1 thread)",
+        "trained_by": f"python benchmarks/clusters_accuracy.py --n-train {cfg['n_train']} "
+                      f"--n-test {cfg['n_test']} --epochs {cfg['epochs']} ({res['device']}, "
+                      f"{res['machine']['torch_threads']} thread(s))",
         "training_data": {"generator": "clusters", "config": cfg["generator_config"],
                           "n_train_total": cfg["n_train"], "seed": cfg["seed"],
                           "noise": cfg["noise"]},

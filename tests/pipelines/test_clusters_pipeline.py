@@ -91,6 +91,30 @@ def test_dataset_noise_is_seeded_and_has_survey_sigma(store):
     assert half.pixel_scale == 32.0
 
 
+def test_in_memory_and_streamed_datasets_give_the_same_items(store):
+    """The in-memory copy (default) returns exactly what streaming from the store returns,
+    in any order, and the noise never leaks into the held maps."""
+    idx = [5, 0, 3, 7, 1]
+    mem = ClusterMapDataset(store, 32, "euclid", seed=2, indices=idx, log_concentration=True)
+    streamed = ClusterMapDataset(store, 32, "euclid", seed=2, indices=idx,
+                                 log_concentration=True, memory_limit_mb=0)  # fmt: skip
+    assert mem._maps is not None and streamed._maps is None
+    for epoch in (0, 1):
+        mem.set_epoch(epoch)
+        streamed.set_epoch(epoch)
+        for i in (4, 0, 2, 2, 1, 3):
+            a, b = mem[i], streamed[i]
+            assert torch.equal(a["image"], b["image"])
+            assert torch.equal(a["labels"], b["labels"])
+    clean = ClusterMapDataset(store, 32, None, indices=idx)
+    assert torch.equal(
+        clean[0]["image"],
+        ClusterMapDataset(store, 32, None, indices=idx, memory_limit_mb=0)[0]["image"],
+    )
+    with pytest.raises(ValueError, match="memory_limit_mb must be >= 0"):
+        ClusterMapDataset(store, 32, None, memory_limit_mb=-1)
+
+
 def test_train_and_evaluate_end_to_end(store, trained, tmp_path):
     assert trained["model_dir"] is not None
     assert trained["input_size"] == 64 and trained["noise"] == "euclid"
@@ -149,7 +173,11 @@ def test_bad_input_nan_pixels(store, trained, tmp_path):
     with pytest.raises(ValueError, match="NaN or inf pixels"):
         evaluate_clusters(bad, [trained["model_dir"]], tmp_path / "e", print_table=False)
     with pytest.raises(ValueError, match="NaN or inf pixels"):
-        ClusterMapDataset(bad, 64, "euclid")[2]
+        ClusterMapDataset(bad, 64, "euclid")
+    streamed = ClusterMapDataset(bad, 64, "euclid", memory_limit_mb=0)
+    streamed[1]
+    with pytest.raises(ValueError, match="item 2 has NaN or inf pixels"):
+        streamed[2]
 
 
 def test_predict_from_fits_matches_predict_from_store(store, trained, tmp_path):
