@@ -208,3 +208,24 @@ def test_angle_deg_labels_follow_the_radian_rule():
         _, a = rot90(img, phi, rad, k)
         _, b = rot90(img, torch.rad2deg(phi), deg, k)
         torch.testing.assert_close(torch.rad2deg(a), b)
+
+
+@pytest.mark.parametrize("k", [-1, 0, 1, 2, 3, 5])
+def test_batch_wide_flip_and_rotation_match_the_per_item_path(k):
+    """A plain bool / int (one transform for the whole batch) takes a fast path: same result."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn((4, 2, 6, 6), generator=g)
+    lab = torch.randn((4, 2), generator=g)
+    rules = LabelRules(("g1", "g2"), {"g1": "spin2", "g2": "spin2"})
+    for mirror in (False, True):
+        fast = flip(x, lab, rules, "y", mask=mirror)
+        slow = flip(x, lab, rules, "y", mask=torch.full((4,), mirror))
+        torch.testing.assert_close(fast[0], slow[0], rtol=0, atol=0)
+        torch.testing.assert_close(fast[1], slow[1], rtol=0, atol=0)
+        # a fresh tensor in every case, never the input itself
+        assert fast[0].data_ptr() != x.data_ptr() and fast[1].data_ptr() != lab.data_ptr()
+    fast = rot90(x, lab, rules, k)
+    slow = rot90(x, lab, rules, torch.full((4,), k))
+    torch.testing.assert_close(fast[0], slow[0], rtol=0, atol=0)
+    torch.testing.assert_close(fast[1], slow[1], rtol=0, atol=0)
+    assert fast[0].data_ptr() != x.data_ptr()

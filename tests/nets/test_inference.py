@@ -40,6 +40,20 @@ def test_folded_network_gives_the_same_outputs(name: str) -> None:
         torch.testing.assert_close(folded(x), net(x), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("name", ["galnet-2-small", "shear-cnn"])
+def test_channels_last_copy_gives_the_same_outputs(name: str) -> None:
+    net = build_network(name, {}, seed=3).double()
+    _randomise_bn(net, seed=4)
+    net.eval()
+    x = torch.randn((5, net.in_channels, net.input_size, net.input_size),
+                    generator=torch.Generator().manual_seed(5), dtype=torch.float64)  # fmt: skip
+    fast = fold_batchnorm(net, channels_last=True)
+    convs = [m for m in fast.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), net(x), rtol=1e-10, atol=1e-10)
+
+
 def test_original_network_is_untouched_and_still_trains() -> None:
     net = build_network("galnet-1-small", {}, seed=0)
     before = {k: v.clone() for k, v in net.state_dict().items()}

