@@ -20,10 +20,15 @@ predictions in ``benchmarks/results/sersic_eval/`` and the trained models in
 ``benchmarks/results/sersic_models/<network>/`` (the hook of
 :func:`lensml.pipelines.sersic_predict.shipped_model` once copied into the package).
 
+``--models-in DIR`` skips the training: the kept models ``DIR/<network>`` are evaluated on the
+same held-out set (same ``--seed`` and ``--n-test``) with the speeds measured again in one run,
+and the training record is carried over from ``--out`` when its weights' SHA-256 match.
+
 Usage::
 
     nice -n 5 python benchmarks/sersic_accuracy.py [--n-train 20000] [--n-test 2000]
         [--train-minutes 8] [--epochs N] [--fit-max 300] [--astrophot 4] [--workdir DIR]
+    python benchmarks/sersic_accuracy.py --models-in benchmarks/results/sersic_models
 """
 
 from __future__ import annotations
@@ -223,6 +228,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--models-out", type=Path, default=MODELS)
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    parser.add_argument(
+        "--models-in", type=Path, default=None,
+        help="evaluate the saved models DIR/<network> instead of training (no training set is "
+        "simulated; the training record is carried over from --out when it names the same "
+        "weights): re-measures the accuracy and the speeds of kept models in one run",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     import torch
@@ -230,9 +241,6 @@ def main(argv: list[str] | None = None) -> dict:
     import lensml.nets  # registers the GaLNet presets
     import lensml.sims.sersic  # noqa: F401  (registers the generator)
     from lensml.data.runner import run_simulate
-    from lensml.data.store import write_json_atomic
-    from lensml.pipelines.sersic import train_sersic
-    from lensml.pipelines.sersic_eval import PAPER_TABLE2, evaluate_sersic
 
     cores = os.cpu_count() or 1
     threads = args.threads or (1 if os.getloadavg()[0] >= cores else cores)
@@ -244,14 +252,57 @@ def main(argv: list[str] | None = None) -> dict:
     timings: dict = {}
 
     t0 = time.perf_counter()
-    for split, n, seed in (
-        ("train", args.n_train, args.seed),
-        ("test", args.n_test, args.seed + 1),
-    ):
+    splits = [("train", args.n_train, args.seed), ("test", args.n_test, args.seed + 1)]
+    if args.models_in is not None:
+        splits = splits[1:]  # the same held-out set as a full run with this seed and n-test
+    for split, n, seed in splits:
         run_simulate("sersic", n, work / split, seed, shard_size=1000, workers=args.workers,
                      backend="processes", progress=False)  # fmt: skip
     timings["simulate_seconds"] = time.perf_counter() - t0
-    timings["simulate_galaxies_per_s"] = (args.n_train + args.n_test) / timings["simulate_seconds"]
+    n_sim = sum(n for _, n, _ in splits)
+    timings["simulate_galaxies_per_s"] = n_sim / timings["simulate_seconds"]
+
+    if args.models_in is not None:
+        trained, models = _kept_models(args.models_in, args.out)
+    else:
+        trained, models = _train(args, work)
+    return _finish(args, work, machine, timings, trained, models, t_start)
+
+
+def _kept_models(models_in: Path, previous: Path) -> tuple[dict, list[Path]]:
+    """Saved model directories ``models_in/<network>`` and their training record.
+
+    The record is taken from the results file ``previous`` when its models are these weights
+    (same SHA-256 as ``weights_sha256`` there, or, for older files, the same files as its
+    ``--models-out``); otherwise it only names the directories.
+    """
+    import hashlib
+
+    models, trained = [], {}
+    old = json.loads(previous.read_text()) if previous.is_file() else {}
+    for net in NETWORKS:
+        path = models_in / net
+        if not (path / "weights.pt").is_file():
+            raise SystemExit(f"--models-in {models_in}: no saved model {net}/weights.pt there")
+        sha = hashlib.sha256((path / "weights.pt").read_bytes()).hexdigest()
+        rec = dict(old.get("training", {}).get(net, {}))
+        same = rec.get("weights_sha256") == sha or (
+            "weights_sha256" not in rec
+            and Path(old.get("args", {}).get("models_out", "")).resolve() == models_in.resolve()
+        )
+        if not same:
+            rec = {}
+        trained[net] = {**rec, "weights_sha256": sha, "evaluated_from": str(path),
+                        "training_record_from": previous.name if same else None}  # fmt: skip
+        models.append(path)
+    return trained, models
+
+
+def _train(args: argparse.Namespace, work: Path) -> tuple[dict, list[Path]]:
+    """Train both networks for the same number of epochs (the budget rule below)."""
+    import hashlib
+
+    from lensml.pipelines.sersic import train_sersic
 
     trained, models = {}, []
     n_val = round(0.1 * args.n_train)
@@ -272,8 +323,26 @@ def main(argv: list[str] | None = None) -> dict:
             "train_seconds": res["train_seconds"], "best_val_loss": res["best_val_loss"],
             "n_train": res["n_train"], "n_val": res["n_val"],
             "sigma_calibration_factors": (res.get("sigma_calibration") or {}).get("factors"),
+            "weights_sha256": hashlib.sha256(
+                (Path(res["model_dir"]) / "weights.pt").read_bytes()
+            ).hexdigest(),
         }  # fmt: skip
         models.append(res["model_dir"])
+    return trained, models
+
+
+def _finish(
+    args: argparse.Namespace,
+    work: Path,
+    machine: dict,
+    timings: dict,
+    trained: dict,
+    models: list,
+    t_start: float,
+) -> dict:
+    """Evaluate, time AstroPhot, judge the goals, print and write the results."""
+    from lensml.data.store import write_json_atomic
+    from lensml.pipelines.sersic_eval import PAPER_TABLE2, evaluate_sersic
 
     t0 = time.perf_counter()
     eval_dir = args.out.parent / "sersic_eval"
@@ -300,6 +369,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": "cpu (no GPU was lent to this task)",
         "machine": machine,
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "mode": "evaluate kept models" if args.models_in is not None else "train and evaluate",
         "timings": timings,
         "training": trained,
         "evaluation": evaluation,
@@ -312,6 +382,8 @@ def main(argv: list[str] | None = None) -> dict:
     write_json_atomic(args.out, result)
     for net, path in zip(NETWORKS, models, strict=True):
         dest = args.models_out / net
+        if Path(path).resolve() == dest.resolve():
+            continue
         if dest.exists():
             shutil.rmtree(dest)
         shutil.copytree(path, dest)
