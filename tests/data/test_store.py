@@ -243,3 +243,43 @@ def test_dataset_transform_is_seeded_per_item(store_dir):
     batch = next(iter(it))["labels"]
     assert torch.equal(batch[10], ds[10]["labels"])  # same draw whichever dataset / worker
     assert not torch.equal(ds[10]["labels"], StoreDataset(store_dir, keys=["labels"])[10]["labels"])
+
+
+def test_memory_budget_keeps_every_decoded_chunk(store_dir, monkeypatch):
+    """With a budget >= the store's decoded size, a shuffled second epoch decodes nothing."""
+    full = open_store(store_dir).read_all(["image", "labels"])
+    ds = StoreDataset(store_dir, keys=["image", "labels"], cache_mb=64)
+    small = StoreDataset(store_dir, keys=["image", "labels"])  # 4 chunks only
+    expect = sum(full[k].nbytes for k in ("image", "labels")) / 2**20
+    assert ds.decoded_mb == pytest.approx(expect, rel=1e-12) and expect < 64
+    reads = {"big": 0, "small": 0}
+    for name, d in (("big", ds), ("small", small)):
+        real = d._reader.read
+
+        def counting(*a, _real=real, _name=name):
+            reads[_name] += 1
+            return _real(*a)
+
+        monkeypatch.setattr(d._reader, "read", counting)
+    order = np.random.default_rng(0).permutation(1000)
+    for _epoch in range(2):
+        for i in order:
+            item = ds[int(i)]
+            assert torch.equal(item["image"], torch.from_numpy(full["image"][i]))
+            small[int(i)]
+        n_chunks = sum(-(-n // ds.chunk_items) for n in ds._reader.counts)
+        assert reads["big"] == n_chunks  # each chunk decoded once, in the first epoch only
+    assert len(ds._cache) == n_chunks and len(small._cache) == 4
+    assert reads["small"] > 10 * n_chunks  # the 4-chunk LRU re-decodes under random access
+    assert ds._cached_bytes == sum(v.nbytes for c in ds._cache.values() for v in c.values())
+    monkeypatch.undo()
+    # the copy sent to a DataLoader worker starts with an empty cache
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone._cached_bytes == 0 and not clone._cache
+    # a budget below one chunk still keeps cache_chunks
+    tiny = StoreDataset(store_dir, keys=["labels"], cache_mb=1e-6, cache_chunks=3)
+    for i in order[:200]:
+        tiny[int(i)]
+    assert len(tiny._cache) == 3
+    with pytest.raises(ValueError, match="cache_mb"):
+        StoreDataset(store_dir, cache_mb=-1)

@@ -24,6 +24,7 @@ augmentations are reproducible whatever the number of workers.
 from __future__ import annotations
 
 import bisect
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -67,6 +68,13 @@ class _StoreReader:
         self.chunk_items = int(store.manifest["chunk_items"])
         self.label_names = store.label_names
         self.label_stats = store.label_stats
+        arrays = store.manifest["arrays"]
+        per_item = sum(
+            int(np.prod(arrays[k]["shape"], dtype=np.int64)) * np.dtype(arrays[k]["dtype"]).itemsize
+            for k in self.keys
+        )
+        #: Decoded bytes of the served keys over all items.
+        self.decoded_bytes = int(per_item) * int(self.offsets[-1])
         self._groups: dict[int, Any] = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -104,6 +112,10 @@ class _StoreReader:
         return {k: np.asarray(self.array(pos, k)[start:stop]) for k in self.keys}
 
 
+def _nbytes(chunk: dict[str, np.ndarray]) -> int:
+    return sum(int(v.nbytes) for v in chunk.values())
+
+
 class StoreDataset(Dataset):
     """Map-style dataset over the complete shards of a store.
 
@@ -118,7 +130,13 @@ class StoreDataset(Dataset):
     seed : int
         Seed of the per-item augmentation generators.
     cache_chunks : int
-        Decoded chunks kept per process (each ``chunk_items`` items of every key).
+        Decoded chunks always kept per process (each ``chunk_items`` items of every key),
+        least recently used dropped first.
+    cache_mb : float
+        Memory budget (MiB, >= 0) up to which more decoded chunks are kept, per process:
+        with a budget at least the store's decoded size (:attr:`decoded_mb`), every chunk is
+        decoded once and then served from memory, which random (shuffled) access needs to be
+        fast. 0 keeps only ``cache_chunks``. DataLoader workers each hold their own cache.
     """
 
     def __init__(
@@ -129,18 +147,31 @@ class StoreDataset(Dataset):
         transform: Transform | None = None,
         seed: int = 0,
         cache_chunks: int = 4,
+        cache_mb: float = 0.0,
     ) -> None:
         self._reader = _StoreReader(root, keys)
         self.transform = transform
         self.seed = int(seed)
         self.epoch = 0
         self.cache_chunks = max(1, int(cache_chunks))
+        mb = float(cache_mb)
+        if not (mb >= 0 and math.isfinite(mb)):
+            raise ValueError(f"StoreDataset {root}: cache_mb must be a finite number >= 0, got "
+                             f"{cache_mb!r}")  # fmt: skip
+        self.cache_bytes = int(mb * 2**20)
         self._cache: OrderedDict[tuple[int, int], dict[str, np.ndarray]] = OrderedDict()
+        self._cached_bytes = 0
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_cache"] = OrderedDict()
+        state["_cached_bytes"] = 0
         return state
+
+    @property
+    def decoded_mb(self) -> float:
+        """Decoded size (MiB) of the served keys over the whole store (what a full cache holds)."""
+        return self._reader.decoded_bytes / 2**20
 
     @property
     def keys(self) -> list[str]:
@@ -173,8 +204,9 @@ class StoreDataset(Dataset):
             stop = min(start + self._reader.chunk_items, self._reader.counts[pos])
             data = self._reader.read(pos, start, stop)
             self._cache[key] = data
-            while len(self._cache) > self.cache_chunks:
-                self._cache.popitem(last=False)
+            self._cached_bytes += _nbytes(data)
+            while len(self._cache) > self.cache_chunks and self._cached_bytes > self.cache_bytes:
+                self._cached_bytes -= _nbytes(self._cache.popitem(last=False)[1])
         else:
             self._cache.move_to_end(key)
         return data

@@ -245,6 +245,11 @@ class StrongDataset(PooledStores):
         Keep epoch 0's draws (validation).
     keys : sequence of str
         Maps to serve (default :data:`MAP_KEYS`).
+    cache_mb : float
+        Memory budget (MiB, shared evenly by the variant stores, per process) for decoded store
+        chunks (:class:`lensml.data.datasets.StoreDataset`): a training set that fits is
+        decoded once and then served from memory under shuffled access; 0 keeps only a
+        4-chunk cache per store.
     """
 
     def __init__(
@@ -255,6 +260,7 @@ class StrongDataset(PooledStores):
         seed: int = 0,
         fixed_epoch: bool = False,
         keys: Sequence[str] = MAP_KEYS,
+        cache_mb: float = 1024.0,
     ) -> None:
         from lensml.data.datasets import StoreDataset
 
@@ -266,7 +272,8 @@ class StrongDataset(PooledStores):
         if "image" not in self.keys:
             raise ValueError("StrongDataset: keys must include 'image'")
         read = [*self.keys, "labels", "pixel_scale"]
-        self._stores = [StoreDataset(i.root, keys=read) for i in self.infos]
+        per_store = float(cache_mb) / len(self.infos)
+        self._stores = [StoreDataset(i.root, keys=read, cache_mb=per_store) for i in self.infos]
         self._init_pool([i.n for i in self.infos], indices, augment, seed, fixed_epoch,
                         "StrongDataset")  # fmt: skip
         self.variants = [i.variant for i in self.infos]

@@ -194,6 +194,11 @@ class PixelatedDataset(PooledStores):
         Keep epoch 0's draws (validation).
     keys : sequence of str
         Which of :data:`MAP_KEYS` to serve (``sigma`` is always served).
+    cache_mb : float
+        Memory budget (MiB, shared evenly by the variant stores, per process) for decoded store
+        chunks (:class:`lensml.data.datasets.StoreDataset`): a training set that fits is
+        decoded once and then served from memory under shuffled access; 0 keeps only a
+        4-chunk cache per store.
     """
 
     def __init__(
@@ -204,6 +209,7 @@ class PixelatedDataset(PooledStores):
         seed: int = 0,
         fixed_epoch: bool = False,
         keys: Sequence[str] = MAP_KEYS,
+        cache_mb: float = 1024.0,
     ) -> None:
         from lensml.data.datasets import StoreDataset
 
@@ -212,7 +218,10 @@ class PixelatedDataset(PooledStores):
         if bad:
             raise ValueError(f"PixelatedDataset: unknown keys {bad}; expected among {MAP_KEYS}")
         self.keys = [k for k in MAP_KEYS if k in keys]
-        self._stores = [StoreDataset(i.root, keys=[*self.keys, "sigma"]) for i in self.infos]
+        per_store = float(cache_mb) / len(self.infos)
+        self._stores = [
+            StoreDataset(i.root, keys=[*self.keys, "sigma"], cache_mb=per_store) for i in self.infos
+        ]
         self._init_pool([i.n for i in self.infos], indices, augment, seed, fixed_epoch,
                         "PixelatedDataset")  # fmt: skip
 
