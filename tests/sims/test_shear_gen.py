@@ -533,3 +533,38 @@ def test_presets():
         assert GEN.pixel_scale(cfg) == pytest.approx(scale)
     inst = instrument(shear_config("clash", psf_fwhm=0.2))
     assert inst.psf_fwhm == 0.2 and inst.pixel_scale == 0.065
+
+
+@needs_cosmos
+def test_ring_pairs_turn_the_galaxy_by_90_degrees():
+    """ring_pairs: item 2k+1 is item 2k's galaxy turned by +90° (counter-clockwise)."""
+    from lensml.data.augment import rot90
+
+    cfg = shear_config(cosmos_fraction=0.5, shear_max=1e-9, offset_range=0.0, ring_pairs=True)
+    out = GEN.generate(9, _rng(3), cfg)
+    clean = out["clean"].double()
+    aux = out["aux"]
+    src = aux[:, AUX_NAMES.index("source")]
+    assert set(src[0:8:2].tolist()) == {0.0, 1.0}  # both renderers are exercised
+    for k in range(4):
+        a, b = clean[2 * k], clean[2 * k + 1]
+        peak = float(a.abs().max())
+        turned = float((b - rot90(a, None, None, 1)[0]).abs().max()) / peak
+        # GalSim (COSMOS) turns exactly; lensml's renderer to its pixel-grid accuracy (~7e-4)
+        assert turned < (1e-6 if src[2 * k] == 1 else 2e-3), (k, turned)
+        assert float((b - a).abs().max()) > 0.05 * peak, k  # the galaxy itself is not round
+        if aux[2 * k, AUX_NAMES.index("n_clumps")] > 0:  # no 2-fold symmetry: +90°, not -90°
+            other = float((b - rot90(a, None, None, -1)[0]).abs().max()) / peak
+            assert other > 5 * turned, (k, other, turned)
+    # shared draws: shear, magnitude, size, offsets, S/N draw; the noise is new
+    cfg = shear_config(cosmos_fraction=0.5, ring_pairs=True)
+    out = GEN.generate(8, _rng(4), cfg)
+    assert torch.equal(out["labels"][0::2], out["labels"][1::2])
+    for name in ("mag", "hlr_arcsec", "dx_pix", "dy_pix", "source", "cosmos_index"):
+        col = out["aux"][:, AUX_NAMES.index(name)]
+        assert torch.equal(col[0::2], col[1::2]), name
+    noise = out["image"] - out["clean"]
+    assert not torch.allclose(noise[0::2], noise[1::2])
+    # off by default: consecutive items are independent
+    plain = GEN.generate(8, _rng(4), shear_config(cosmos_fraction=0.5))
+    assert not torch.equal(plain["labels"][0::2], plain["labels"][1::2])

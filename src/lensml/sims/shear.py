@@ -26,6 +26,11 @@ Each stamp (32 × 32 by default, ``preset`` "clash": HST/ACS 0.065″ pixels, Ga
    correlation function, applied in pixel lags) or white, with a per-stamp level set by the
    signal-to-noise ratio.
 
+``ring_pairs`` (off by default) makes calibration sets for the shape-noise-cancelled
+measurement of m and c (a ring test): item 2k+1 is item 2k's galaxy turned by 90° before the
+shear, with the same shear, offset, S/N and PSF and new noise. Pairs are counted within each
+generated batch (each store shard), so use an even shard size.
+
 S/N definition
 --------------
 ``snr = sqrt(Σ_pixels clean²) / σ_pix`` with σ_pix the per-pixel standard deviation of the
@@ -194,6 +199,10 @@ class ShearGenerator(SampleGenerator):
             None, ge=1, le=4, description="own-galaxy render sub-grid factor; None: preset"
         )
         batch_size: int = Field(128, ge=1, le=4096, description="own galaxies per torch batch")
+        ring_pairs: bool = Field(
+            False, description="shape-noise cancellation: odd items are the preceding even "
+            "item's galaxy rotated 90 deg before shear (same shear, offset, S/N, PSF; new noise)",
+        )  # fmt: skip
 
         @model_validator(mode="after")
         def _consistent(self) -> ShearGenerator.Config:
@@ -285,6 +294,11 @@ class ShearGenerator(SampleGenerator):
         if c.psf == "cosmos":
             bank = _cosmos_psf_bank(c, inst)
             psf_idx = torch.randint(0, len(bank), (n,), generator=rng)
+        if c.ring_pairs:
+            g, is_cosmos, mag, hlr, rotation, cosmos_idx, offset, snr_draw, psf_idx, own = (
+                _ring_pairs(g, is_cosmos, mag, hlr, rotation, cosmos_idx, offset, snr_draw,
+                            psf_idx, own)
+            )  # fmt: skip
         flux = torch.pow(10.0, -0.4 * (mag - c.zeropoint))
         # ---- rendering -----------------------------------------------------------------
         clean = torch.zeros(n, 1, size, size, dtype=torch.float32)
@@ -370,6 +384,48 @@ class ShearGenerator(SampleGenerator):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _ring_pairs(
+    g: Any,
+    is_cosmos: Any,
+    mag: Any,
+    hlr: Any,
+    rotation: Any,
+    cosmos_idx: Any,
+    offset: Any,
+    snr_draw: Any,
+    psf_idx: Any,
+    own: dict[str, Any],
+) -> tuple[Any, ...]:
+    """Make item 2k+1 the galaxy of item 2k turned by 90° before the shear (a ring test).
+
+    The intrinsic ellipticity changes sign (e → e·exp(iπ) for a 90° turn), so the mean of the
+    two estimates of a pair cancels the shape noise to first order (Nakajima & Bernstein 2007;
+    Massey et al. 2007, STEP2). The pair shares the shear, offset, magnitude, size, S/N draw
+    and PSF; the noise is drawn independently. An odd last item stays unpaired.
+    """
+    import torch
+
+    n = int(g.shape[0])
+    even, odd = torch.arange(0, n - 1, 2), torch.arange(1, n, 2)
+
+    def pair(x: Any) -> Any:
+        x = x.clone()
+        x[odd] = x[even]
+        return x
+
+    g, is_cosmos, mag, hlr, cosmos_idx, offset, snr_draw, psf_idx = (
+        pair(x) for x in (g, is_cosmos, mag, hlr, cosmos_idx, offset, snr_draw, psf_idx)
+    )
+    rotation = pair(rotation)
+    rotation[odd] = rotation[odd] + math.pi / 2
+    own = {k: pair(v) for k, v in own.items()}
+    for k in ("phi_b", "phi_d"):
+        own[k][odd] = own[k][odd] + math.pi / 2
+    cx, cy = own["clump_x"][odd].clone(), own["clump_y"][odd].clone()
+    own["clump_x"][odd], own["clump_y"][odd] = -cy, cx  # (x, y) → (−y, x): +90°
+    return g, is_cosmos, mag, hlr, rotation, cosmos_idx, offset, snr_draw, psf_idx, own
 
 
 def instrument(config: BaseModel) -> Any:
