@@ -137,6 +137,9 @@ GOALS_RULES = 2  # version of the rules in _goals (1: the first run's, see the r
 def _goals(ev: dict, centroid: dict, models: list[str]) -> dict:
     """The issue's goals from the stored measurements, judged on the paper's network.
 
+    ``per_network`` gives the RMS ratios and the symmetrised speed ratio of every trained CNN
+    (lensml's ``shear-resnet`` too) on the same stamps.
+
     A goal whose test is not decisive at the run's size is reported as None with a note, never
     as met: |m| < 0.01 and |c| < 1e-3 need errors well below those bounds; "the CNN is far less
     sensitive to centroid shifts" needs the moment methods to be sensitive (an RMS increase
@@ -153,6 +156,16 @@ def _goals(ev: dict, centroid: dict, models: list[str]) -> dict:
         ratio = s_cnn / ev["methods"][m]["table4"]["sigma_mean"]
         goals[f"rms_ratio_cnn_over_{m}"] = ratio
         goals[f"rms_goal_vs_{m}_met"] = bool(ratio <= 0.85)
+    # every trained CNN on the same stamps (the paper's network is the one judged above)
+    per: dict = {}
+    for k in [k for k in ev["methods"] if k.startswith("cnn:")]:
+        sig = ev["methods"][k]["table4"]["sigma_mean"]
+        per[k] = {f"rms_ratio_over_{m}": sig / ev["methods"][m]["table4"]["sigma_mean"]
+                  for m in ("ksb", "regauss")}  # fmt: skip
+        per[k]["speed_sym_over_ksb"] = ev["speed"].get(k + "+sym", math.nan) / ev["speed"]["ksb"]
+        worst = max(per[k]["rms_ratio_over_ksb"], per[k]["rms_ratio_over_regauss"])
+        per[k]["rms_goals_met"] = bool(worst <= 0.85)
+    goals["per_network"] = per
     resid = ev["methods"][cnn]["residual_after_calibration"]
     goals["after_calibration"] = resid
     for key, bound in (("m", 0.01), ("c", 1e-3)):
