@@ -165,6 +165,20 @@ def _goals(ev: dict, centroid: dict, models: list[str]) -> dict:
         per[k]["speed_sym_over_ksb"] = ev["speed"].get(k + "+sym", math.nan) / ev["speed"]["ksb"]
         worst = max(per[k]["rms_ratio_over_ksb"], per[k]["rms_ratio_over_regauss"])
         per[k]["rms_goals_met"] = bool(worst <= 0.85)
+        common = ev.get("common", {}).get("methods", {})
+        if k in common:  # exactly the same stamps: those every method measured
+            per[k]["common_stamps"] = ev["common"]["n"]
+            for m in ("ksb", "regauss"):
+                a, b = common[k], common[m]
+                r = a["sigma_mean"] / b["sigma_mean"]
+                # error of a mean of two components' σ, propagated (independent: conservative)
+                ea = 0.5 * math.hypot(*a["sigma_err"]) / a["sigma_mean"]
+                eb = 0.5 * math.hypot(*b["sigma_err"]) / b["sigma_mean"]
+                per[k][f"common_rms_ratio_over_{m}"] = r
+                per[k][f"common_rms_ratio_over_{m}_err"] = r * math.hypot(ea, eb)
+            worst = max(per[k]["common_rms_ratio_over_ksb"],
+                        per[k]["common_rms_ratio_over_regauss"])  # fmt: skip
+            per[k]["common_rms_goals_met"] = bool(worst <= 0.85)
     goals["per_network"] = per
     resid = ev["methods"][cnn]["residual_after_calibration"]
     goals["after_calibration"] = resid
@@ -231,6 +245,72 @@ def recompute_goals(path: Path) -> dict:
     return record["goals"]
 
 
+def _reuse(args: argparse.Namespace, work: Path, previous: dict, timings: dict) -> tuple:
+    """``--evaluate-only``: the trained models of ``work`` and the earlier run's record."""
+    cfg = previous.get("config", {})
+    timings.update({k: v for k, v in previous.get("timings_s", {}).items()
+                    if k.startswith(("simulate", "train"))})  # fmt: skip
+    models = {}
+    for net in [x.strip() for x in args.networks.split(",") if x.strip()]:
+        model = work / f"run_{net}" / "model"
+        if not model.is_dir():
+            raise SystemExit(f"--evaluate-only: no trained model {model}")
+        models[f"cnn:{net}"] = str(model)
+    return (cfg.get("n_train"), cfg.get("generator_rate_stamps_per_s"), models,
+            previous.get("training", {}))  # fmt: skip
+
+
+def _simulate_and_train(
+    args: argparse.Namespace, work: Path, shift_stores: dict, timings: dict
+) -> tuple:
+    """Simulate the stores (training, test, one per offset range) and train the networks."""
+    import numpy as np
+
+    from lensml.pipelines.shear import train_shear
+
+    # one in-process worker: a short pool run is dominated by its start-up (~10 s of imports)
+    rate = _gen_rate(work, 512, args.seed + 99, 1)
+    if str(args.n_train).lower() == "auto":
+        n_train = int(np.clip(rate * args.gen_budget_s, args.n_min, args.n_max))
+    else:
+        n_train = int(args.n_train)
+    print(f"generator: {rate:.1f} stamps/s (one process) → n_train = {n_train}", flush=True)
+    timings["simulate_train_s"] = _simulate(work / "train", n_train, args.seed, None, args.workers)
+    timings["simulate_test_s"] = _simulate(work / "test", args.n_test, args.seed + 1, None,
+                                           args.workers)  # fmt: skip
+    for r, store in shift_stores.items():
+        cfg = {"offset_unit": "hlr", "offset_range": r}
+        timings[f"simulate_shift_{r:g}_s"] = _simulate(store, args.n_shift, args.seed + 2, cfg,
+                                                       args.workers)  # fmt: skip
+    n_sim = n_train + args.n_test + args.n_shift * len(shift_stores)
+    sim_s = sum(v for k, v in timings.items() if k.startswith("simulate"))
+    print(f"simulated {n_sim} stamps in {sim_s:.0f} s ({n_sim / sim_s:.1f}/s)", flush=True)
+
+    models, training = {}, {}
+    for net in [x.strip() for x in args.networks.split(",") if x.strip()]:
+        resnet = net != "shear-cnn"
+        run = work / f"run_{net}"
+        if run.exists():
+            shutil.rmtree(run)
+        t0 = time.perf_counter()
+        res = train_shear(
+            work / "train", net, run, args.resnet_epochs if resnet else args.epochs,
+            batch_size=args.batch_size, seed=args.seed, device=args.device, progress=False,
+            max_items=args.resnet_items if resnet else None,
+        )  # fmt: skip
+        timings[f"train_{net}_s"] = time.perf_counter() - t0
+        models[f"cnn:{net}"] = str(res["model_dir"])
+        keep = ("epochs", "best_val_loss", "final_val_loss", "final_train_loss", "stopped_early",
+                "n_train", "n_val", "n_refit", "n_calib", "train_seconds", "train_stamps_per_s",
+                "n_parameters")  # fmt: skip
+        training[net] = {k: res.get(k) for k in keep}
+        training[net]["postprocess"] = res.get("postprocess")
+        print(f"trained {net}: {training[net]['epochs']} epochs, val loss "
+              f"{training[net]['best_val_loss']:.4f}, {timings[f'train_{net}_s']:.0f} s",
+              flush=True)  # fmt: skip
+    return n_train, rate, models, training
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n-train", default="24000",
@@ -262,6 +342,9 @@ def main() -> int:
     ap.add_argument("--save-models", default="shear-cnn",
                     help="networks whose trained model directory is copied next to --out "
                     "(shear_models/<network>; '' for none)")  # fmt: skip
+    ap.add_argument("--evaluate-only", action="store_true",
+                    help="reuse --workdir's stores and trained models (no simulation or "
+                    "training); the training record is carried over from --out")  # fmt: skip
     ap.add_argument("--recompute-goals", default=None, metavar="JSON",
                     help="only re-judge the goals of an existing results file")  # fmt: skip
     args = ap.parse_args()
@@ -269,13 +352,11 @@ def main() -> int:
         print(json.dumps(recompute_goals(Path(args.recompute_goals)), indent=1))
         return 0
 
-    import numpy as np
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
     from lensml.data.store import write_json_atomic
-    from lensml.pipelines.shear import train_shear
     from lensml.pipelines.shear_eval import evaluate_shear
 
     machine = _machine()
@@ -283,49 +364,16 @@ def main() -> int:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="lensml-shear-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     timings: dict = {}
-    # one in-process worker: a short pool run is dominated by its start-up (~10 s of imports)
-    rate = _gen_rate(work, 512, args.seed + 99, 1)
-    if str(args.n_train).lower() == "auto":
-        n_train = int(np.clip(rate * args.gen_budget_s, args.n_min, args.n_max))
-    else:
-        n_train = int(args.n_train)
-    print(f"generator: {rate:.1f} stamps/s (one process) → n_train = {n_train}", flush=True)
-    timings["simulate_train_s"] = _simulate(work / "train", n_train, args.seed, None, args.workers)
-    timings["simulate_test_s"] = _simulate(work / "test", args.n_test, args.seed + 1, None,
-                                           args.workers)  # fmt: skip
     shift_ranges = [float(r) for r in args.shift_ranges.split(",") if r.strip()]
-    shift_stores = {}
-    for r in shift_ranges:
-        cfg = {"offset_unit": "hlr", "offset_range": r}
-        shift_stores[r] = work / f"shift_{r:g}"
-        t_shift = _simulate(shift_stores[r], args.n_shift, args.seed + 2, cfg, args.workers)
-        timings[f"simulate_shift_{r:g}_s"] = t_shift
-    n_sim = n_train + args.n_test + args.n_shift * len(shift_ranges)
-    sim_s = sum(v for k, v in timings.items() if k.startswith("simulate"))
-    print(f"simulated {n_sim} stamps in {sim_s:.0f} s ({n_sim / sim_s:.1f}/s)", flush=True)
-
-    models, training = {}, {}
-    for net in [x.strip() for x in args.networks.split(",") if x.strip()]:
-        resnet = net != "shear-cnn"
-        run = work / f"run_{net}"
-        if run.exists():
-            shutil.rmtree(run)
-        t0 = time.perf_counter()
-        res = train_shear(
-            work / "train", net, run, args.resnet_epochs if resnet else args.epochs,
-            batch_size=args.batch_size, seed=args.seed, device=args.device, progress=False,
-            max_items=args.resnet_items if resnet else None,
-        )  # fmt: skip
-        timings[f"train_{net}_s"] = time.perf_counter() - t0
-        models[f"cnn:{net}"] = str(res["model_dir"])
-        keep = ("epochs", "best_val_loss", "final_val_loss", "final_train_loss", "stopped_early",
-                "n_train", "n_val", "n_refit", "n_calib", "train_seconds", "train_stamps_per_s",
-                "n_parameters")  # fmt: skip
-        training[net] = {k: res.get(k) for k in keep}
-        training[net]["postprocess"] = res.get("postprocess")
-        print(f"trained {net}: {training[net]['epochs']} epochs, val loss "
-              f"{training[net]['best_val_loss']:.4f}, {timings[f'train_{net}_s']:.0f} s",
-              flush=True)  # fmt: skip
+    shift_stores = {r: work / f"shift_{r:g}" for r in shift_ranges}
+    previous: dict = {}
+    if args.evaluate_only:
+        if args.workdir is None:
+            raise SystemExit("--evaluate-only needs the --workdir of an earlier run")
+        previous = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+        n_train, rate, models, training = _reuse(args, work, previous, timings)
+    else:
+        n_train, rate, models, training = _simulate_and_train(args, work, shift_stores, timings)
 
     t0 = time.perf_counter()
     ev = evaluate_shear(work / "test", list(models.values()), work / "eval", seed=args.seed,
@@ -350,6 +398,13 @@ def main() -> int:
         "centroid_test": centroid,
         "evaluation": json.loads(Path(ev["json"]).read_text()),
     }
+    if args.evaluate_only:
+        record["evaluated_again"] = {
+            "training_run_created": previous.get("created"),
+            "training_run_config": previous.get("config"),
+            "note": "evaluation re-run on the same stores and trained models; the training "
+            "record and its timings are the earlier run's",
+        }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for net in [x.strip() for x in args.save_models.split(",") if x.strip()]:

@@ -241,6 +241,15 @@ def test_evaluate_all_three_methods_on_the_same_stamps(store, trained, tmp_path)
     )
     npz = np.load(tmp_path / "eval" / "predictions.npz")
     assert npz["ksb/g"].shape == (160, 2) and npz["truth"].shape == (160, 2)
+    # the common-stamp comparison: only stamps every method measured, for every method
+    common = data["common"]
+    both = npz["ksb/ok"] & npz["regauss/ok"]
+    assert common["n"] == int(both.sum()) and common["n"] < 160  # some HSM failures here
+    assert common["n_calib"] + common["n_test"] == common["n"]
+    assert set(common["methods"]) == set(data["methods"])
+    for name, t4 in common["methods"].items():
+        assert t4["n_failed"] == 160 - common["n"], name
+        assert 0 < t4["sigma"][0] < 2
 
 
 # ----------------------------------------------------------------------------- predict
