@@ -65,7 +65,7 @@ def _shear_card(name: str = "shear-cnn") -> dict:
 def _sersic_card(name: str) -> dict:
     res = json.loads((RESULTS / "sersic_accuracy.json").read_text())
     ev = res["evaluation"]["methods"][name]
-    args, tr = res["args"], res["training"][name]
+    args, tr = res.get("training_args") or res["args"], res["training"][name]
     r2 = {p: round(v["r2"], 3) for p, v in ev["table2"].items()}
     return {
         "name": name,

@@ -298,6 +298,16 @@ def _kept_models(models_in: Path, previous: Path) -> tuple[dict, list[Path]]:
     return trained, models
 
 
+def _training_args(args: argparse.Namespace) -> dict | None:
+    """The arguments of the run that trained the evaluated models (this run's when it did)."""
+    if args.models_in is None:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    old = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    if old.get("mode", "train and evaluate") == "train and evaluate":
+        return old.get("args")
+    return old.get("training_args")
+
+
 def _train(args: argparse.Namespace, work: Path) -> tuple[dict, list[Path]]:
     """Train both networks for the same number of epochs (the budget rule below)."""
     import hashlib
@@ -369,6 +379,7 @@ def _finish(
         "device": "cpu (no GPU was lent to this task)",
         "machine": machine,
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "training_args": _training_args(args),
         "mode": "evaluate kept models" if args.models_in is not None else "train and evaluate",
         "timings": timings,
         "training": trained,

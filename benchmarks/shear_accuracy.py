@@ -399,9 +399,10 @@ def main() -> int:
         "evaluation": json.loads(Path(ev["json"]).read_text()),
     }
     if args.evaluate_only:
+        first = previous.get("evaluated_again", {})  # re-evaluated before: keep the training run's
         record["evaluated_again"] = {
-            "training_run_created": previous.get("created"),
-            "training_run_config": previous.get("config"),
+            "training_run_created": first.get("training_run_created", previous.get("created")),
+            "training_run_config": first.get("training_run_config", previous.get("config")),
             "note": "evaluation re-run on the same stores and trained models; the training "
             "record and its timings are the earlier run's",
         }
