@@ -24,13 +24,19 @@ def _randomise_bn(net: nn.Module, seed: int) -> None:
                     m.bias.copy_(torch.randn(n, generator=g))
 
 
-@pytest.mark.parametrize("name", ["galnet-1-small", "galnet-2-small", "vgg-small"])
-def test_folded_network_gives_the_same_outputs(name: str) -> None:
+def _trained_like(name: str) -> tuple[nn.Module, torch.Tensor]:
+    """A float64 preset in eval mode with non-trivial BatchNorm statistics, and an input."""
     net = build_network(name, {}, seed=3).double()
     _randomise_bn(net, seed=4)
     net.eval()
     x = torch.randn((5, net.in_channels, net.input_size, net.input_size),
                     generator=torch.Generator().manual_seed(5), dtype=torch.float64)  # fmt: skip
+    return net, x
+
+
+@pytest.mark.parametrize("name", ["galnet-1-small", "galnet-2-small", "vgg-small"])
+def test_folded_network_gives_the_same_outputs(name: str) -> None:
+    net, x = _trained_like(name)
     folded = fold_batchnorm(net)
     n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
     assert n_bn > 0
@@ -42,11 +48,7 @@ def test_folded_network_gives_the_same_outputs(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["galnet-2-small", "shear-cnn"])
 def test_channels_last_copy_gives_the_same_outputs(name: str) -> None:
-    net = build_network(name, {}, seed=3).double()
-    _randomise_bn(net, seed=4)
-    net.eval()
-    x = torch.randn((5, net.in_channels, net.input_size, net.input_size),
-                    generator=torch.Generator().manual_seed(5), dtype=torch.float64)  # fmt: skip
+    net, x = _trained_like(name)
     fast = fold_batchnorm(net, channels_last=True)
     convs = [m for m in fast.modules() if isinstance(m, nn.Conv2d)]
     assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
