@@ -263,23 +263,26 @@ def main(argv: list[str] | None = None) -> dict:
     timings["simulate_galaxies_per_s"] = n_sim / timings["simulate_seconds"]
 
     if args.models_in is not None:
-        trained, models = _kept_models(args.models_in, args.out)
+        previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        trained, models = _kept_models(args.models_in, args.out.name, previous)
+        training_args = _training_args(previous)
     else:
         trained, models = _train(args, work)
-    return _finish(args, work, machine, timings, trained, models, t_start)
+        training_args = _args_record(args)
+    return _finish(args, work, machine, timings, trained, models, t_start, training_args)
 
 
-def _kept_models(models_in: Path, previous: Path) -> tuple[dict, list[Path]]:
+def _kept_models(models_in: Path, source: str, old: dict) -> tuple[dict, list[Path]]:
     """Saved model directories ``models_in/<network>`` and their training record.
 
-    The record is taken from the results file ``previous`` when its models are these weights
+    The record is taken from the earlier results ``old`` (file ``source``) when its models are
+    these weights
     (same SHA-256 as ``weights_sha256`` there, or, for older files, the same files as its
     ``--models-out``); otherwise it only names the directories.
     """
     import hashlib
 
     models, trained = [], {}
-    old = json.loads(previous.read_text()) if previous.is_file() else {}
     for net in NETWORKS:
         path = models_in / net
         if not (path / "weights.pt").is_file():
@@ -293,16 +296,17 @@ def _kept_models(models_in: Path, previous: Path) -> tuple[dict, list[Path]]:
         if not same:
             rec = {}
         trained[net] = {**rec, "weights_sha256": sha, "evaluated_from": str(path),
-                        "training_record_from": previous.name if same else None}  # fmt: skip
+                        "training_record_from": source if same else None}  # fmt: skip
         models.append(path)
     return trained, models
 
 
-def _training_args(args: argparse.Namespace) -> dict | None:
-    """The arguments of the run that trained the evaluated models (this run's when it did)."""
-    if args.models_in is None:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    old = json.loads(args.out.read_text()) if args.out.is_file() else {}
+def _args_record(args: argparse.Namespace) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
+def _training_args(old: dict) -> dict | None:
+    """The arguments of the run that trained the models of the earlier results ``old``."""
     if old.get("mode", "train and evaluate") == "train and evaluate":
         return old.get("args")
     return old.get("training_args")
@@ -349,6 +353,7 @@ def _finish(
     trained: dict,
     models: list,
     t_start: float,
+    training_args: dict | None,
 ) -> dict:
     """Evaluate, time AstroPhot, judge the goals, print and write the results."""
     from lensml.data.store import write_json_atomic
@@ -378,8 +383,8 @@ def _finish(
         "benchmark": "sersic_accuracy",
         "device": "cpu (no GPU was lent to this task)",
         "machine": machine,
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "training_args": _training_args(args),
+        "args": _args_record(args),
+        "training_args": training_args,
         "mode": "evaluate kept models" if args.models_in is not None else "train and evaluate",
         "timings": timings,
         "training": trained,
