@@ -46,6 +46,15 @@ class PooledStores:
         self.augment, self.seed = bool(augment), int(seed)
         self.fixed_epoch, self.epoch = bool(fixed_epoch), 0
 
+    @staticmethod
+    def _open_stores(roots: Sequence, keys: Sequence[str], cache_mb: float) -> list:
+        """One :class:`lensml.data.datasets.StoreDataset` per store root, serving ``keys``,
+        the decoded-chunk budget ``cache_mb`` (MiB, per process) shared evenly among them."""
+        from lensml.data.datasets import StoreDataset
+
+        per_store = float(cache_mb) / len(roots)
+        return [StoreDataset(r, keys=list(keys), cache_mb=per_store) for r in roots]
+
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation draws of ``epoch`` (ignored with ``fixed_epoch``)."""
         if not self.fixed_epoch:

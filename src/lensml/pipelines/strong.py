@@ -262,8 +262,6 @@ class StrongDataset(PooledStores):
         keys: Sequence[str] = MAP_KEYS,
         cache_mb: float = 1024.0,
     ) -> None:
-        from lensml.data.datasets import StoreDataset
-
         self.infos = _infos(data_dir)
         bad = [k for k in keys if k not in MAP_KEYS]
         if bad:
@@ -272,8 +270,7 @@ class StrongDataset(PooledStores):
         if "image" not in self.keys:
             raise ValueError("StrongDataset: keys must include 'image'")
         read = [*self.keys, "labels", "pixel_scale"]
-        per_store = float(cache_mb) / len(self.infos)
-        self._stores = [StoreDataset(i.root, keys=read, cache_mb=per_store) for i in self.infos]
+        self._stores = self._open_stores([i.root for i in self.infos], read, cache_mb)
         self._init_pool([i.n for i in self.infos], indices, augment, seed, fixed_epoch,
                         "StrongDataset")  # fmt: skip
         self.variants = [i.variant for i in self.infos]

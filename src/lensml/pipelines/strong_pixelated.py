@@ -211,17 +211,13 @@ class PixelatedDataset(PooledStores):
         keys: Sequence[str] = MAP_KEYS,
         cache_mb: float = 1024.0,
     ) -> None:
-        from lensml.data.datasets import StoreDataset
-
         self.infos = _infos(data_dir)
         bad = [k for k in keys if k not in MAP_KEYS]
         if bad:
             raise ValueError(f"PixelatedDataset: unknown keys {bad}; expected among {MAP_KEYS}")
         self.keys = [k for k in MAP_KEYS if k in keys]
-        per_store = float(cache_mb) / len(self.infos)
-        self._stores = [
-            StoreDataset(i.root, keys=[*self.keys, "sigma"], cache_mb=per_store) for i in self.infos
-        ]
+        self._stores = self._open_stores([i.root for i in self.infos], [*self.keys, "sigma"],
+                                         cache_mb)  # fmt: skip
         self._init_pool([i.n for i in self.infos], indices, augment, seed, fixed_epoch,
                         "PixelatedDataset")  # fmt: skip
 
