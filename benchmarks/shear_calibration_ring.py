@@ -75,6 +75,14 @@ def _fit(g, gt) -> dict:
             "c_err": cal.c_err.tolist(), "n_pairs": len(gt)}  # fmt: skip
 
 
+def _calibration(fit: dict, meta: dict | None = None):
+    """The AffineCalibration of a stored :func:`_fit` record (its inverse)."""
+    from lensml.pipelines.shear_calibration import AffineCalibration
+
+    return AffineCalibration(fit["m"], fit["c"], fit["m_err"], fit["c_err"], fit["n_pairs"],
+                             dict(meta or {}))  # fmt: skip
+
+
 def _consistent(fit: dict, k: float = 2.0) -> bool:
     return all(abs(fit[q][i]) < k * fit[q + "_err"][i] for q in ("m", "c") for i in (0, 1))
 
@@ -152,10 +160,7 @@ def save_calibrations(results: Path, model_dirs: list[str]) -> dict:
     independent stamps (~7× larger errors). The model's network name must match a CNN of the
     results file, and the model must be symmetrised as it was there.
     """
-    import numpy as np
-
     from lensml.pipelines.shear import load_shear_estimator
-    from lensml.pipelines.shear_calibration import AffineCalibration
 
     record = json.loads(results.read_text())
     written = {}
@@ -171,8 +176,7 @@ def save_calibrations(results: Path, model_dirs: list[str]) -> dict:
                 f"{record['config']['seed']}, {record['created']})",
                 "shape_noise_cancelled": True, "symmetrised": True,
                 "refit": est.refit is not None}  # fmt: skip
-        cal = AffineCalibration(np.asarray(c["m"]), np.asarray(c["c"]), np.asarray(c["m_err"]),
-                                np.asarray(c["c_err"]), int(c["n_pairs"]), meta)  # fmt: skip
+        cal = _calibration(c, meta)
         written[label] = str(cal.save(est.info.path))
         print(f"{label}: {written[label]} m {cal.m.round(4).tolist()} c {cal.c.round(5).tolist()}")
     return written
@@ -229,14 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
     methods: dict = {}
     earlier = {}
     if args.calibration_from is not None:
-        from lensml.pipelines.shear_calibration import AffineCalibration
-
         other = json.loads(args.calibration_from.read_text())
-        for name, rec in other["methods"].items():
-            c = rec["calibration"]
-            earlier[name] = AffineCalibration(np.asarray(c["m"]), np.asarray(c["c"]),
-                                              np.asarray(c["m_err"]), np.asarray(c["c_err"]),
-                                              n=c["n_pairs"])  # fmt: skip
+        earlier = {name: _calibration(rec["calibration"]) for name, rec in other["methods"].items()}
     for path in [p for p in args.models.split(",") if p.strip()]:
         est = load_shear_estimator(path)
         label = f"cnn:{est.info.network}"
