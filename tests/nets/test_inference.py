@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
-from lensml.nets.inference import fold_batchnorm, fold_conv_bn
+from lensml.nets.inference import fold_batchnorm, fold_conv_bn, inference_copy_key
 from lensml.train import build_network
 
 
@@ -134,3 +137,33 @@ def test_mismatched_pair_is_refused() -> None:
         fold_conv_bn(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(3))
     with pytest.raises(ValueError, match="running statistics"):
         fold_conv_bn(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False))
+
+
+def test_inference_copy_key_follows_parameters_buffers_and_device() -> None:
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU())
+    key = inference_copy_key(net, "cpu")
+    assert inference_copy_key(net, "cpu") == key  # nothing changed
+    assert inference_copy_key(net, "meta") != key
+    with torch.no_grad():
+        net[0].weight.mul_(2.0)  # a parameter changed in place
+    key2 = inference_copy_key(net, "cpu")
+    assert key2 != key
+    net.train()(torch.randn(2, 1, 5, 5, generator=torch.Generator().manual_seed(0)))
+    assert inference_copy_key(net, "cpu") != key2  # new BatchNorm running statistics
+    other = copy.deepcopy(net)
+    assert inference_copy_key(other, "cpu")[0] != inference_copy_key(net, "cpu")[0]
+
+
+def test_sersic_model_remakes_its_inference_copy_after_an_in_place_change() -> None:
+    from lensml.pipelines.sersic import SersicModel
+
+    net, x = _trained_like("galnet-1-small")
+    model = SersicModel(net=net.float(), info=None, path=Path("m"), name="galnet-1-small",
+                        with_psf=False, stamp_size=net.input_size, psf_size=0)  # fmt: skip
+    fast = model.inference_net()
+    assert model.inference_net() is fast  # cached
+    with torch.no_grad():
+        next(net.parameters()).add_(0.1)
+    again = model.inference_net()
+    assert again is not fast
+    torch.testing.assert_close(again(x.float()), net.eval()(x.float()), rtol=1e-4, atol=1e-4)

@@ -218,3 +218,16 @@ def test_trained_model_learns_log_concentration_and_reports_c(trained):
 
     norm = _json.loads((Path(trained["model_dir"]) / "normalisation.json").read_text())
     assert "log10_c_vir" in norm["label_names"]
+
+
+def test_l1_loss_is_recorded_and_a_bad_loss_refused(store, tmp_path):
+    from pathlib import Path
+
+    from lensml.train.saved_model import load_model
+
+    res = train_clusters(store, "vgg-small", tmp_path / "l1", epochs=1, batch_size=16,
+                         loss="l1", device="cpu", progress=False, max_items=20)  # fmt: skip
+    assert load_model(Path(res["model_dir"]))[1].loss == "l1"
+    with pytest.raises(ValueError, match=r"loss must be one of \('mse', 'l1'\), got 'huber'"):
+        train_clusters(store, "vgg-small", tmp_path / "bad", epochs=1, loss="huber")
+    assert not (tmp_path / "bad").exists()  # refused before anything is written

@@ -63,3 +63,30 @@ def test_existing_losses_unchanged_and_shapes_checked():
     with pytest.raises(ValueError, match=r"huber_nll.*means and log-variances"):
         compute_loss(mu, target, "huber_nll")
     assert LossConfig(name="HUBER_NLL", delta=0.001).name == "huber_nll"
+
+
+def test_l1_value_and_it_fits_the_median_where_mse_fits_the_mean():
+    """L1 is the mean absolute residual; minimising it over a constant gives the sample median
+    of a skewed (log-normal) sample, MSE its mean: the reason ``l1`` makes a median-unbiased
+    estimator."""
+    target, mu, _ = _data(3)
+    assert float(compute_loss(mu, target, "l1")) == pytest.approx(
+        float(F.l1_loss(mu.float(), target.float()))
+    )
+    g = torch.Generator().manual_seed(4)
+    y = torch.exp(0.6 * torch.randn((2001, 1), generator=g))  # mean 1.197, median ~1
+    fitted = {}
+    for name in ("l1", "mse"):
+        c = torch.zeros(1, 1, requires_grad=True)
+        opt = torch.optim.Adam([c], lr=0.02)
+        for step in range(1500):
+            for group in opt.param_groups:
+                group["lr"] = 0.02 * (1 - step / 1500) + 1e-4
+            opt.zero_grad()
+            compute_loss(c.expand_as(y), y, name).backward()
+            opt.step()
+        fitted[name] = float(c.detach())
+    assert fitted["l1"] == pytest.approx(float(y.median()), abs=5e-3)
+    assert fitted["mse"] == pytest.approx(float(y.mean()), abs=5e-3)
+    assert fitted["mse"] - fitted["l1"] > 0.1  # far apart for this skewed sample
+    assert LossConfig(name="L1").name == "l1"

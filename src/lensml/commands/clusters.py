@@ -53,16 +53,22 @@ def train(
     network_config: NetworkConfigOption = None,
     noise: Annotated[str, typer.Option(help=_NOISE_HELP)] = "euclid",
     epochs: EpochsOption = 60,
+    loss: Annotated[
+        str,
+        typer.Option(
+            help="mse (the paper: conditional mean) or l1 (conditional median: median-unbiased)."
+        ),
+    ] = "mse",
     resume: ResumeOption = False,
     device: TrainDeviceOption = None,
     progress: ProgressOption = True,
     dump_config: DumpConfigOption = False,
 ) -> None:
-    """Train a cluster CNN (MSE on normalised labels, AdamW, step decay, early stopping)."""
+    """Train a cluster CNN (MSE or L1 on normalised labels, AdamW, step decay, early stopping)."""
     options = {
         "network": network, "data": data, "out": out, "config": config,
-        "network_config": network_config, "noise": noise, "epochs": epochs, "resume": resume,
-        "device": device,
+        "network_config": network_config, "noise": noise, "epochs": epochs, "loss": loss,
+        "resume": resume, "device": device,
     }  # fmt: skip
     if dump_config:
         dump_options(options)
@@ -77,6 +83,7 @@ def train(
             out,
             noise=_noise(noise),
             epochs=epochs,
+            loss=loss.lower(),
             device=device,
             resume=resume,
             progress=progress,

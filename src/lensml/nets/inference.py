@@ -21,7 +21,7 @@ import itertools
 import torch
 from torch import nn
 
-__all__ = ["fold_batchnorm", "fold_conv_bn"]
+__all__ = ["fold_batchnorm", "fold_conv_bn", "inference_copy_key"]
 
 
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -151,3 +151,15 @@ def fold_batchnorm(net: nn.Module, channels_last: bool = False) -> nn.Module:
         folded.inplace_activations = _inplace_activations(folded)
     folded.folded_batchnorms = n
     return folded
+
+
+def inference_copy_key(net: nn.Module, device: object) -> tuple:
+    """Cache key of an inference copy of ``net`` on ``device``.
+
+    The copy is stale when the network object, the device, or any parameter or buffer changed
+    in place (a refit, more training, new BatchNorm running statistics): the key holds the
+    object's id, the device and every tensor's in-place version counter.
+    """
+    versions = tuple(t._version for t in itertools.chain(net.parameters(), net.buffers()))
+    return (id(net), str(device), versions)
+

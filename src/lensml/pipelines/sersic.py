@@ -128,10 +128,11 @@ class SersicModel:
     def inference_net(self, device: str = "cpu") -> Any:
         """The network for inference: an eval-mode copy with its Conv2d → BatchNorm2d pairs
         folded (:func:`lensml.nets.inference.fold_batchnorm`; same outputs, ~1.7× faster on
-        CPU), made once per device and network and cached."""
-        from lensml.nets.inference import fold_batchnorm
+        CPU), made once per device and network and cached; remade when a parameter or buffer
+        of ``net`` is changed in place (:func:`lensml.nets.inference.inference_copy_key`)."""
+        from lensml.nets.inference import fold_batchnorm, inference_copy_key
 
-        key = (id(self.net), str(device))
+        key = inference_copy_key(self.net, device)
         if self._folded is None or self._folded[0] != key:
             self._folded = (key, fold_batchnorm(self.net.to(device), channels_last=True))
         return self._folded[1]

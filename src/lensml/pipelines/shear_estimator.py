@@ -75,11 +75,12 @@ class ShearEstimator:
         network, and a flip or rotation leaves a stamp's mean and std unchanged, so the
         network's step would repeat it (it is idempotent). Outputs equal ``net``'s to float
         rounding; shear-cnn's symmetrised prediction runs ~2.5× faster on CPU. The copy is
-        remade when a parameter of ``net`` is changed in place (e.g. a new refit).
+        remade when a parameter or buffer of ``net`` is changed in place (e.g. a new refit;
+        :func:`lensml.nets.inference.inference_copy_key`).
         """
-        from lensml.nets.inference import fold_batchnorm
+        from lensml.nets.inference import fold_batchnorm, inference_copy_key
 
-        key = (id(self.net), str(self.device), tuple(p._version for p in self.net.parameters()))
+        key = inference_copy_key(self.net, self.device)
         if self._inference is None or self._inference[0] != key:
             net = fold_batchnorm(self.net.to(self.device), channels_last=True)
             if getattr(net, "standardise", False):

@@ -153,13 +153,16 @@ class EMAConfig(ConfigModel):
 class LossConfig(ConfigModel):
     """Training loss on normalised labels.
 
-    ``gaussian_nll`` expects the network to output ``2 L`` numbers per sample: ``L`` means
-    followed by ``L`` log-variances (normalised units). ``huber_nll`` takes the same output:
-    Huber (``delta``) on the means, Gaussian NLL on the log-variances with the means held
-    fixed (see :func:`lensml.train.module.compute_loss`).
+    ``mse`` fits the conditional mean of each label, ``l1`` its conditional median (so the
+    median of prediction − truth over a test set drawn like the training set tends to 0), and
+    ``huber`` moves from one to the other as ``delta`` shrinks. ``gaussian_nll`` expects the
+    network to output ``2 L`` numbers per sample: ``L`` means followed by ``L`` log-variances
+    (normalised units). ``huber_nll`` takes the same output: Huber (``delta``) on the means,
+    Gaussian NLL on the log-variances with the means held fixed (see
+    :func:`lensml.train.module.compute_loss`).
     """
 
-    name: Literal["mse", "huber", "gaussian_nll", "huber_nll"] = "mse"
+    name: Literal["mse", "l1", "huber", "gaussian_nll", "huber_nll"] = "mse"
     delta: float = Field(1.0, gt=0)
 
     @field_validator("name", mode="before")

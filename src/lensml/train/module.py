@@ -4,9 +4,10 @@ Imported only by :func:`lensml.train.engine.fit` (it imports Lightning at module
 
 What it adds to a plain ``nn.Module``:
 
-* the loss on normalised targets (``mse``, ``huber``, ``gaussian_nll``, ``huber_nll``), or the
-  network's own objective when it defines ``training_loss(batch) -> scalar Tensor`` (models
-  whose loss is not a function of one output and one target, such as a RIM);
+* the loss on normalised targets (``mse``, ``l1``, ``huber``, ``gaussian_nll``,
+  ``huber_nll``), or the network's own objective when it defines
+  ``training_loss(batch) -> scalar Tensor`` (models whose loss is not a function of one
+  output and one target, such as a RIM);
 * the learning-rate schedule of :mod:`lensml.train.optim`, applied before every step and logged
   as ``lr``;
 * an EMA copy of the weights (:class:`lensml.train.ema.EMAWeights`) updated after every
@@ -50,7 +51,8 @@ def compute_loss(pred: torch.Tensor, target: torch.Tensor, name: str, delta: flo
         ``(B, L, ...)``; for ``gaussian_nll`` ``(B, 2L, ...)`` (means then log-variances).
     target : Tensor
         ``(B, L, ...)``.
-    name : {"mse", "huber", "gaussian_nll", "huber_nll"}
+    name : {"mse", "l1", "huber", "gaussian_nll", "huber_nll"}
+        ``mse`` fits the conditional mean, ``l1`` the conditional median of each label.
         ``huber_nll`` (output ``(B, 2L, ...)`` like ``gaussian_nll``): the Huber loss of the
         means divided by ``delta`` (so that for ``|a| > delta`` it is ``|a| - delta/2``, of
         order one whatever ``delta``) plus the Gaussian negative log-likelihood of the
@@ -88,6 +90,8 @@ def compute_loss(pred: torch.Tensor, target: torch.Tensor, name: str, delta: flo
         )
     if name == "mse":
         return F.mse_loss(pred, target)
+    if name == "l1":
+        return F.l1_loss(pred, target)
     if name == "huber":
         return F.huber_loss(pred, target, delta=delta)
     raise ValueError(f"loss.name: unknown loss {name!r}")
