@@ -162,4 +162,3 @@ def inference_copy_key(net: nn.Module, device: object) -> tuple:
     """
     versions = tuple(t._version for t in itertools.chain(net.parameters(), net.buffers()))
     return (id(net), str(device), versions)
-

@@ -249,7 +249,7 @@ class PixelatedRIM(nn.Module):
         Source pixels per side; default ``n_image``; must equal ``n_image``.
     source_fov : float
         Source field of view, arcsec (3).
-    kernel : {"point", "pixel"}
+    kernel : {"point", "pixel", "linear"}
         Deflection kernel of :class:`~lensml.physics.pixelated_lensing.PixelatedLensing`.
     filters : list of int
         U-net feature channels per level (levels = its length; ``n_image`` must be a multiple

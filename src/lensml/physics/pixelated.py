@@ -19,6 +19,24 @@ Kernels
 ``"pixel"``: each pixel is a uniform square; the kernel is the exact integral of
 ``(1/π) u / |u|²`` over the square at offset d (closed form). It is more accurate within a
 few pixels of strong κ gradients; both agree far from them.
+``"linear"``: κ is the linear B-spline surface (a sum of bilinear "tents", one per pixel)
+whose **pixel means** equal the map, so κ varies linearly inside each pixel instead of
+being constant. Its kernel is the deflection of the cardinal tent combination whose pixel
+means are one pixel of unit κ:
+
+    K_lin = (P ⋆ β0) ⊛ (f ⊗ f),
+
+where ``P`` is the ``"pixel"`` kernel, ``P ⋆ β0`` its mean over a unit pixel around each offset
+(the deflection of one tent, since a tent is a box convolved with a box; Gauss–Legendre,
+2 × 16 nodes per axis) and ``f`` the inverse of the tent's pixel means
+(1/8, 3/4, 1/8) along one axis (``f_k ∝ z^|k|``, z = 2√2 − 3, kept to |k| ≤ 12, where
+``|z|^12`` ≈ 7e-10). Beyond ``_LINEAR_NEAR`` = 24 pixels from the centre (either axis) the
+``"pixel"`` kernel is used: both kernels have unit mass, no dipole and isotropic second
+moments, which deflect nothing outside (ln r is harmonic), so they differ by a hexadecapole,
+< 1e-5 relative at 24 pixels. The same construction gives the potential kernel. It
+represents steep κ gradients best: for a pixel-averaged SIE at the RIM paper's 128² grid the
+deflection is within 1 % of θ_E everywhere but the 12 pixels nearest the cusp
+(``tests/physics/test_pixelated_lensing.py``), against 3 % at 2–3 pixels for ``"pixel"``.
 
 Conventions: ``kappa[..., i, j]`` sits at ``x_j`` (right), ``y_i`` (up), as everywhere in
 ``lensml.physics``; pixel scale and outputs in arcsec (α) and arcsec² (ψ).
@@ -35,7 +53,11 @@ from torch import Tensor
 from lensml.physics.convolve import fast_fft_size
 from lensml.physics.params import as_maps, check_pixel_scale
 
-KERNELS = ("point", "pixel")
+KERNELS = ("point", "pixel", "linear")
+#: Half-width (pixels, per axis) of the ``"linear"`` kernel's near field (beyond: ``"pixel"``).
+_LINEAR_NEAR = 24
+#: Taps kept on each side of the inverse tent filter of the ``"linear"`` kernel.
+_LINEAR_TAIL = 12
 
 
 def _check_kernel(kernel: str, owner: str) -> str:
@@ -75,22 +97,65 @@ def _box_integral(f, xc: np.ndarray, yc: np.ndarray, s: float) -> np.ndarray:
     return f(x2, y2) - f(x1, y2) - f(x2, y1) + f(x1, y1)
 
 
+def _pixel_kernel_at(dx: np.ndarray, dy: np.ndarray, scale: float, field: str) -> np.ndarray:
+    """The ``"pixel"`` kernel (uniform square of side ``scale``) at offsets (dx, dy), arcsec;
+    shape (2, ...) for the deflection, (1, ...) for the potential."""
+    if field == "deflection":
+        kx = _box_integral(_defl_antiderivative, dx, dy, scale) / np.pi
+        ky = _box_integral(_defl_antiderivative, dy, dx, scale) / np.pi
+        return np.stack([kx, ky])
+    return _box_integral(_pot_antiderivative, dx, dy, scale)[None] / np.pi
+
+
+def _inverse_tent_filter(tail: int) -> np.ndarray:
+    """Taps −tail..tail of the inverse of the tent's pixel means (1/8, 3/4, 1/8)."""
+    n = 8 * (tail + 1)
+    b = np.zeros(n)
+    b[0], b[1], b[-1] = 0.75, 0.125, 0.125
+    inv = np.fft.ifft(1.0 / np.fft.fft(b)).real  # |z|^(n/2) ≈ 1e-30: no wrap-around left
+    return inv[np.arange(-tail, tail + 1) % n]
+
+
+def _linear_near_field(m: int, scale: float, field: str) -> np.ndarray:
+    """The ``"linear"`` kernel at offsets −m..m (both axes): (C, 2m+1, 2m+1)."""
+    t = _LINEAR_TAIL
+    d = np.arange(-(m + t), m + t + 1, dtype=float)
+    nodes, weights = np.polynomial.legendre.leggauss(16)
+    u = np.concatenate([-0.25 + 0.25 * nodes, 0.25 + 0.25 * nodes])  # 2 halves of the pixel
+    w = np.concatenate([0.25 * weights, 0.25 * weights])  # sums to 1: a mean over the pixel
+    dx = (d[None, :, None] - u[None, None, :]) * scale  # (1, D, U): columns minus x nodes
+    tent = 0.0
+    for uy, wy in zip(u, w, strict=True):
+        dy = np.broadcast_to((d[:, None, None] - uy) * scale, (d.size, d.size, u.size))
+        vals = _pixel_kernel_at(np.broadcast_to(dx, dy.shape), dy, scale, field)
+        tent = tent + wy * (vals * w).sum(-1)  # (C, D, D): deflection of one tent
+    f = _inverse_tent_filter(t)
+    # separable "valid" convolution with f ⊗ f: (C, 2(m+t)+1, ·) -> (C, 2m+1, 2m+1)
+    rows = sum(f[k] * tent[:, k : k + 2 * m + 1, :] for k in range(2 * t + 1))
+    return sum(f[k] * rows[:, :, k : k + 2 * m + 1] for k in range(2 * t + 1))
+
+
 def _kernel_arrays(nh: int, nw: int, scale: float, kernel: str, field: str) -> np.ndarray:
     """Kernel at offsets i in [-nh, nh] (rows, y) and j in [-nw, nw] (columns, x).
 
     Returns (2, 2nh+1, 2nw+1) for ``field="deflection"`` (x and y components) or
     (1, 2nh+1, 2nw+1) for ``field="potential"``.
     """
+    if kernel == "linear":
+        out = _kernel_arrays(nh, nw, scale, "pixel", field)
+        m = min(_LINEAR_NEAR, max(nh, nw))
+        near = _linear_near_field(m, scale, field)
+        mh, mw = min(m, nh), min(m, nw)
+        out[:, nh - mh : nh + mh + 1, nw - mw : nw + mw + 1] = near[
+            :, m - mh : m + mh + 1, m - mw : m + mw + 1
+        ]
+        return out
     dy, dx = np.meshgrid(
         np.arange(-nh, nh + 1) * scale, np.arange(-nw, nw + 1) * scale, indexing="ij"
     )
     area = scale * scale
     if kernel == "pixel":
-        if field == "deflection":
-            kx = _box_integral(_defl_antiderivative, dx, dy, scale) / np.pi
-            ky = _box_integral(_defl_antiderivative, dy, dx, scale) / np.pi
-            return np.stack([kx, ky])
-        return _box_integral(_pot_antiderivative, dx, dy, scale)[None] / np.pi
+        return _pixel_kernel_at(dx, dy, scale, field)
     r2 = dx * dx + dy * dy
     safe = np.where(r2 > 0, r2, 1.0)
     if field == "deflection":
@@ -122,8 +187,9 @@ def deflection_kernel(
         Pixel side in arcsec (> 0).
     dtype, device
         Of the result (default dtype: torch's default; device: CPU).
-    kernel : {"point", "pixel"}
-        Point-mass pixels (paper) or uniform square pixels (exact integral).
+    kernel : {"point", "pixel", "linear"}
+        Point-mass pixels (paper), uniform square pixels (exact integral) or κ linear inside
+        each pixel with the map as its pixel means (see the module docstring).
 
     Returns
     -------
@@ -186,8 +252,9 @@ def deflection_from_pixelated_kappa(
         Convergence, shape (H, W) or (B, H, W), finite; rectangular maps are allowed.
     pixel_scale : float
         Pixel side in arcsec (> 0).
-    kernel : {"point", "pixel"}
-        See the module docstring; ``"pixel"`` treats pixels as uniform squares.
+    kernel : {"point", "pixel", "linear"}
+        See the module docstring; ``"pixel"`` treats pixels as uniform squares, ``"linear"``
+        lets κ vary linearly inside them (most accurate near steep gradients).
 
     Returns
     -------

@@ -77,8 +77,9 @@ class PixelatedLensing:
         Source pixels per side, >= 2. Paper: 128.
     source_fov : float
         Source field of view, arcsec (> 0). Paper: 3″.
-    kernel : {"point", "pixel"}
-        Deflection kernel of :mod:`lensml.physics.pixelated` (paper: point masses).
+    kernel : {"point", "pixel", "linear"}
+        Deflection kernel of :mod:`lensml.physics.pixelated` (paper: point masses;
+        ``"linear"`` is the most accurate near steep κ gradients such as a cusp).
     """
 
     n_image: int = 128

@@ -204,7 +204,9 @@ class StrongPixelatedConfig(ConfigModel):
         "v6", "strong-generator preset of the analytic source morphologies"
     )
     source_shift_max: float = _f(0.25, "source centre within this radius, arcsec", ge=0)
-    kernel: Literal["point", "pixel"] = _f("point", "deflection kernel (paper: point)")
+    kernel: Literal["point", "pixel", "linear"] = _f(
+        "point", "deflection kernel (paper: point; linear: most accurate near a cusp)"
+    )
     kappa: KappaMapConfig = Field(
         default_factory=KappaMapConfig, description="kappa-map families (kappa_maps)"
     )
