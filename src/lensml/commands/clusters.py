@@ -59,6 +59,13 @@ def train(
             help="mse (the paper: conditional mean) or l1 (conditional median: median-unbiased)."
         ),
     ] = "mse",
+    calib_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Held-out clusters store: after training, fit the median calibration of c_vir "
+            "and c_smooth on it (same noise) and save it with the model."
+        ),
+    ] = None,
     resume: ResumeOption = False,
     device: TrainDeviceOption = None,
     progress: ProgressOption = True,
@@ -68,7 +75,7 @@ def train(
     options = {
         "network": network, "data": data, "out": out, "config": config,
         "network_config": network_config, "noise": noise, "epochs": epochs, "loss": loss,
-        "resume": resume, "device": device,
+        "calib_data": calib_data, "resume": resume, "device": device,
     }  # fmt: skip
     if dump_config:
         dump_options(options)
@@ -90,9 +97,23 @@ def train(
             network_config=read_mapping(network_config, "network config") or None,
             train_overrides=read_mapping(config, "training config") or None,
         )
+        if calib_data is not None:
+            from lensml.pipelines.clusters_calibration import calibrate_clusters
+
+            # a few thousand maps: CPU unless a CUDA device was named
+            cal_device = device if device and device.startswith("cuda") else "cpu"
+            cal = calibrate_clusters(
+                result["model_dir"], calib_data, noise=_noise(noise), device=cal_device
+            )
     except USER_ERRORS as err:
         fail(err)
     typer.echo(f"trained {network!r} on clusters: model in {result.get('model_dir')}")
+    if calib_data is not None:
+        shifts = ", ".join(
+            f"{k} {cal['median_bias_before'][k]:+.3f} -> {cal['median_bias_after'][k]:+.3f}"
+            for k in cal["median_bias_before"]
+        )
+        typer.echo(f"median calibration ({cal['n']} clusters; median bias {shifts}): {cal['path']}")
 
 
 def evaluate(

@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from lensml.pipelines.clusters_calibration import MedianCalibration, load_median_calibration
 from lensml.train.callbacks import epoch_callback
 
 __all__ = [
@@ -628,6 +629,7 @@ def evaluate_clusters(
     max_items: int | None = None,
     plots: bool = True,
     print_table: bool = True,
+    apply_calibration: bool = True,
 ) -> dict[str, Any]:
     """Evaluate cluster CNN(s) and the NFW tangential-shear fit on the same held-out maps.
 
@@ -668,6 +670,10 @@ def evaluate_clusters(
         Write the PNG figures.
     print_table : bool
         Print the tables with rich.
+    apply_calibration : bool
+        Apply each model's median calibration
+        (:mod:`lensml.pipelines.clusters_calibration`) when it has one; ``median_calibration``
+        in the result says which labels were mapped and where the calibration came from.
 
     Returns
     -------
@@ -699,6 +705,7 @@ def evaluate_clusters(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
     loaded = []
+    calibrations: dict[str, MedianCalibration | None] = {}
     for path in models:
         net, minfo = load_model(path, device)
         names = _decoded_names(minfo.normalisation.label_names)
@@ -711,6 +718,7 @@ def evaluate_clusters(
         while any(label == m[0] for m in loaded):
             label += "'"
         loaded.append((label, (net, minfo), factor, list(minfo.normalisation.label_names)))
+        calibrations[label] = load_median_calibration(path) if apply_calibration else None
 
     conditions: list[str | None] = []
     if noise is None or include_noiseless:
@@ -740,6 +748,10 @@ def evaluate_clusters(
         "labels": list(LABELS),
         "seed": int(seed),
         "models": {m[0]: str(p) for m, p in zip(loaded, models, strict=True)},
+        "median_calibration": {
+            k: None if c is None else {"labels": list(c.knots), **dict(c.source)}
+            for k, c in calibrations.items()
+        },
         "conditions": {},
         "figures": [],
     }
@@ -771,7 +783,10 @@ def evaluate_clusters(
                 t0 = time.perf_counter()
                 p = predict(model, block_mean(g, factor), batch_size=batch_size, device=device)
                 methods[label].seconds += time.perf_counter() - t0
-                methods[label].pred.append(decode_predictions(p.numpy()[:, : len(names)], names)[0])
+                dec, dec_names = decode_predictions(p.numpy()[:, : len(names)], names)
+                if calibrations[label] is not None:
+                    dec = calibrations[label].apply(dec, dec_names)
+                methods[label].pred.append(dec)
             if fit_method is not None:
                 z_l = np.asarray(data.get("z_l", np.full(count, info.z_lens)))[:take]
                 z_s = np.asarray(data.get("z_s", np.full(count, info.z_source)))[:take]
@@ -992,6 +1007,7 @@ def predict_clusters(
     out: str | Path,
     batch_size: int = 64,
     device: str = "cpu",
+    apply_calibration: bool = True,
 ) -> dict[str, Any]:
     """Cluster properties for real or simulated reduced-shear maps, written as a FITS catalogue.
 
@@ -1008,11 +1024,14 @@ def predict_clusters(
         Maps per forward pass, >= 1.
     device : str
         Torch device.
+    apply_calibration : bool
+        Apply the model's median calibration (:mod:`lensml.pipelines.clusters_calibration`)
+        when it has one.
 
     Returns
     -------
     dict
-        ``{"n", "out", "columns"}``.
+        ``{"n", "out", "columns", "median_calibrated"}`` (the calibrated labels).
 
     Raises
     ------
@@ -1047,11 +1066,19 @@ def predict_clusters(
     _check_finite(maps, "inputs")
     pred = predict((net, minfo), block_mean(maps, factor), batch_size=batch_size, device=device)
     pred = decode_predictions(pred.numpy()[:, : len(learned)], learned)[0]
+    calibration = load_median_calibration(model) if apply_calibration else None
+    if calibration is not None:
+        pred = calibration.apply(pred, names)
     columns: dict[str, Any] = {"index": np.arange(pred.shape[0]), "source": np.array(sources)}
     for j, name in enumerate(names):
         columns[name] = pred[:, j]
     write_catalog(out, columns)
-    return {"n": int(pred.shape[0]), "out": str(out), "columns": list(columns)}
+    return {
+        "n": int(pred.shape[0]),
+        "out": str(out),
+        "columns": list(columns),
+        "median_calibrated": [] if calibration is None else list(calibration.knots),
+    }
 
 
 # ----------------------------------------------------------------------------- quickstart
