@@ -113,6 +113,8 @@ def test_dump_config_round_trips():
         (["evaluate", "generic", "store", "--device", "cpu"], "device: cpu"),
         (["evaluate", "clusters", "store", "--seed", "3"], "seed: 3"),
         (["train", "clusters", "vgg-small", "--epochs", "2"], "epochs: 2"),
+        (["train", "clusters", "vgg-small", "--calib-data", "cal"], "calib_data: cal"),
+        (["train", "clusters", "vgg-small", "--loss", "l1"], "loss: l1"),
     ],
 )
 def test_every_command_dumps_its_effective_config(args, key, tmp_path):
@@ -133,6 +135,7 @@ def test_every_command_dumps_its_effective_config(args, key, tmp_path):
         (["train", "generic", "nonet", "--data", "{tmp}/missing"], "missing"),
         (["predict", "generic", "{tmp}/none.fits", "--model", "{tmp}/nomodel"], "nomodel"),
         (["evaluate", "generic", "{tmp}/nostore", "--model", "{tmp}/nomodel"], "nomodel"),
+        (["train", "clusters", "--data", "{tmp}/s", "--loss", "huber"], "loss must be one of"),
     ],
 )
 def test_errors_exit_nonzero_with_one_message(tmp_path, args, message):
