@@ -143,6 +143,7 @@ def _check_clusters(path: Path, check: dict[str, Any]) -> dict[str, float]:
     import torch
 
     from lensml.pipelines.clusters import LABELS, decode_predictions
+    from lensml.pipelines.clusters_calibration import load_median_calibration
     from lensml.sims.surveys import ShapeNoise
     from lensml.train import load_model, predict
 
@@ -154,6 +155,9 @@ def _check_clusters(path: Path, check: dict[str, Any]) -> dict[str, float]:
     net, info = load_model(path)
     names = list(info.normalisation.label_names)
     pred, decoded = decode_predictions(predict((net, info), maps).numpy(), names)
+    calibration = load_median_calibration(path)  # applied as the pipeline applies it
+    if calibration is not None:
+        pred = calibration.apply(pred, decoded)
     true = np.asarray(data["labels"], dtype=float)
     d_m = pred[:, decoded.index("log10_mvir")] - true[:, LABELS.index("log10_mvir")]
     d_c = pred[:, decoded.index("c_vir")] - true[:, LABELS.index("c_vir")]
