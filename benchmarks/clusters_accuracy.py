@@ -59,16 +59,24 @@ def _machine() -> dict:
     }
 
 
-def _bootstrap_median_bias(ev: dict, cond: str, cnn: str, n_boot: int, seed: int) -> dict:
-    """68 % bootstrap intervals of the median bias in c_vir of the CNN, the fit and their
-    difference of absolute values (same resampled clusters for both)."""
+def _predicted_and_true_c(npz: Path, cnn: str) -> tuple:
+    """c_vir of the CNN, of the fit and the truth from an evaluation's predictions file."""
     import numpy as np
 
-    data = np.load(Path(ev["json"]).with_name(f"predictions_{cond}.npz"))
-    labels = list(data["labels"])
-    true_c = data["truth"][:, labels.index("c_vir")]
-    d_cnn = data[f"{cnn}/c_vir"] - true_c
-    d_fit = data["nfw-tangential-fit/c_vir"] - true_c
+    data = np.load(npz)
+    true_c = data["truth"][:, list(data["labels"]).index("c_vir")]
+    return data[f"{cnn}/c_vir"], data["nfw-tangential-fit/c_vir"], true_c
+
+
+def _bootstrap_median_bias(c: tuple, n_boot: int, seed: int) -> dict:
+    """68 % bootstrap intervals of the median bias in c_vir of the CNN, the fit and their
+    difference of absolute values (same resampled clusters for both); ``c`` is
+    :func:`_predicted_and_true_c`'s (CNN, fit, truth)."""
+    import numpy as np
+
+    cnn_c, fit_c, true_c = c
+    d_cnn = cnn_c - true_c
+    d_fit = fit_c - true_c
     ok = np.isfinite(d_cnn) & np.isfinite(d_fit)
     d_cnn, d_fit = d_cnn[ok], d_fit[ok]
     rng = np.random.default_rng(seed)
@@ -91,19 +99,17 @@ def _bootstrap_median_bias(ev: dict, cond: str, cnn: str, n_boot: int, seed: int
     }
 
 
-def _concentration_information(npz: Path, cnn: str) -> dict:
+def _concentration_information(c: tuple) -> dict:
     """Does each method measure c at all? Spearman ρ of predicted vs true c_vir and the
-    5–50–95 % points of the predictions. A median bias near 0 means little for a method whose
-    c barely varies: a constant at the prior median has none."""
+    5–50–95 % points of the predictions (``c``: :func:`_predicted_and_true_c`'s). A median bias
+    near 0 means little for a method whose c barely varies: a constant at the prior median has
+    none."""
     import numpy as np
     from scipy.stats import spearmanr
 
-    data = np.load(npz)
-    labels = list(data["labels"])
-    true_c = data["truth"][:, labels.index("c_vir")]
+    cnn_c, fit_c, true_c = c
     out = {}
-    for key, name in ((cnn, "cnn"), ("nfw-tangential-fit", "fit")):
-        pred = data[f"{key}/c_vir"]
+    for pred, name in ((cnn_c, "cnn"), (fit_c, "fit")):
         ok = np.isfinite(pred)
         out[f"{name}_spearman_c"] = float(spearmanr(pred[ok], true_c[ok]).statistic)
         out[f"{name}_c_percentiles_5_50_95"] = [
@@ -132,10 +138,9 @@ def _goals(ev: dict, args: argparse.Namespace, cnn: str) -> dict:
         "fit_rms_log10_mvir": m_fit,
         "mass_goal_met": bool(m_cnn <= m_fit),
     }
-    goals.update(_bootstrap_median_bias(ev, args.noise, cnn, args.n_boot, args.seed))
-    goals.update(
-        _concentration_information(Path(ev["json"]).with_name(f"predictions_{args.noise}.npz"), cnn)
-    )
+    c = _predicted_and_true_c(Path(ev["json"]).with_name(f"predictions_{args.noise}.npz"), cnn)
+    goals.update(_bootstrap_median_bias(c, args.n_boot, args.seed))
+    goals.update(_concentration_information(c))
     # a median bias near 0 only counts when the CNN's c carries information on the truth
     goals["all_goals_met"] = (
         goals["concentration_goal_met"]

@@ -131,8 +131,6 @@ class MedianCalibration:
         if label not in self.knots:
             return values.copy()
         x, y = (np.asarray(v, dtype=float) for v in self.knots[label])
-        if x.size == 1:
-            return values + (y[0] - x[0])
         out = np.interp(values, x, y)
         lo, hi = values < x[0], values > x[-1]
         out[lo] = values[lo] + (y[0] - x[0])
