@@ -154,10 +154,9 @@ def _check_clusters(path: Path, check: dict[str, Any]) -> dict[str, float]:
     maps = noise(maps, None, g)[0]
     net, info = load_model(path)
     names = list(info.normalisation.label_names)
-    pred, decoded = decode_predictions(predict((net, info), maps).numpy(), names)
-    calibration = load_median_calibration(path)  # applied as the pipeline applies it
-    if calibration is not None:
-        pred = calibration.apply(pred, decoded)
+    # with the model's median calibration, as the pipeline applies it
+    calibration = load_median_calibration(path)
+    pred, decoded = decode_predictions(predict((net, info), maps).numpy(), names, calibration)
     true = np.asarray(data["labels"], dtype=float)
     d_m = pred[:, decoded.index("log10_mvir")] - true[:, LABELS.index("log10_mvir")]
     d_c = pred[:, decoded.index("c_vir")] - true[:, LABELS.index("c_vir")]

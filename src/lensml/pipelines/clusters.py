@@ -343,9 +343,12 @@ def training_label_names(log_concentration: bool) -> list[str]:
     return [f"log10_{k}" if log_concentration and k in LOG_LABELS else k for k in LABELS]
 
 
-def decode_predictions(pred: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+def decode_predictions(
+    pred: np.ndarray, names: Sequence[str], calibration: MedianCalibration | None = None
+) -> tuple[np.ndarray, list[str]]:
     """Undo :func:`training_label_names`: ``log10_c_vir`` → ``c_vir = 10**x`` (other columns
-    unchanged); returns the predictions and their label names."""
+    unchanged), then apply the model's median ``calibration`` when one is given; returns the
+    predictions and their label names."""
     pred = np.array(pred, dtype=float, copy=True)
     out = []
     for j, name in enumerate(names):
@@ -355,6 +358,8 @@ def decode_predictions(pred: np.ndarray, names: Sequence[str]) -> tuple[np.ndarr
             out.append(base)
         else:
             out.append(name)
+    if calibration is not None:
+        pred = calibration.apply(pred, out)
     return pred, out
 
 
@@ -783,10 +788,8 @@ def evaluate_clusters(
                 t0 = time.perf_counter()
                 p = predict(model, block_mean(g, factor), batch_size=batch_size, device=device)
                 methods[label].seconds += time.perf_counter() - t0
-                dec, dec_names = decode_predictions(p.numpy()[:, : len(names)], names)
-                if calibrations[label] is not None:
-                    dec = calibrations[label].apply(dec, dec_names)
-                methods[label].pred.append(dec)
+                dec = decode_predictions(p.numpy()[:, : len(names)], names, calibrations[label])
+                methods[label].pred.append(dec[0])
             if fit_method is not None:
                 z_l = np.asarray(data.get("z_l", np.full(count, info.z_lens)))[:take]
                 z_s = np.asarray(data.get("z_s", np.full(count, info.z_source)))[:take]
@@ -1065,10 +1068,8 @@ def predict_clusters(
     factor = downsample_factor(maps.shape[-1], size, f"inputs for model {model}")
     _check_finite(maps, "inputs")
     pred = predict((net, minfo), block_mean(maps, factor), batch_size=batch_size, device=device)
-    pred = decode_predictions(pred.numpy()[:, : len(learned)], learned)[0]
     calibration = load_median_calibration(model) if apply_calibration else None
-    if calibration is not None:
-        pred = calibration.apply(pred, names)
+    pred = decode_predictions(pred.numpy()[:, : len(learned)], learned, calibration)[0]
     columns: dict[str, Any] = {"index": np.arange(pred.shape[0]), "source": np.array(sources)}
     for j, name in enumerate(names):
         columns[name] = pred[:, j]

@@ -249,18 +249,14 @@ def calibrate_clusters(
         method = next(k.split("/")[0] for k in data.files if k.startswith("cnn:"))
         truth, names = data["truth"], list(data["labels"])
         pred = {k: data[f"{method}/{k}"] for k in labels}
-    knots, before, after = {}, {}, {}
-    for k in labels:
-        t = truth[:, names.index(k)]
-        knots[k] = fit_median_map(pred[k], t, n_bins)
-        partial = MedianCalibration(knots={k: knots[k]})
-        before[k] = float(np.nanmedian(pred[k] - t))
-        after[k] = float(np.nanmedian(partial.map_label(k, pred[k]) - t))
+    true = {k: truth[:, names.index(k)] for k in labels}
     cal = MedianCalibration(
-        knots=knots,
+        knots={k: fit_median_map(pred[k], true[k], n_bins) for k in labels},
         source={"data_dir": str(Path(data_dir).resolve()), "n": len(truth),
                 "noise": noise, "seed": int(seed), "n_bins": int(n_bins)},
     )  # fmt: skip
+    before = {k: float(np.nanmedian(pred[k] - true[k])) for k in labels}
+    after = {k: float(np.nanmedian(cal.map_label(k, pred[k]) - true[k])) for k in labels}
     path = save_median_calibration(model_dir, cal) if save else None
     return {
         "calibration": cal,
