@@ -178,6 +178,17 @@ def test_metric_helpers():
         ssim(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8))
 
 
+def test_theta_e_error_by_image_multiplicity():
+    from lensml.pipelines.strong_eval import _by_multiplicity
+
+    err = np.array([0.3, 0.02, 0.04, 0.5, 0.06, 9.0])
+    n_images = np.array([1.0, 2.0, 4.0, 0.0, 3.0, np.nan])  # NaN: not counted, in neither
+    out = _by_multiplicity(err, n_images)
+    assert out["single"] == {"n": 2, "median": pytest.approx(0.4)}
+    assert out["multiple"] == {"n": 3, "median": pytest.approx(0.04)}
+    assert _by_multiplicity(err[:2], np.array([2.0, 3.0]))["single"] == {"n": 0, "median": None}
+
+
 def test_table1_conversion_matches_store_sigma_v(stores):
     from lensml.data.store import open_store
     from lensml.pipelines.strong import store_cosmology
@@ -208,6 +219,9 @@ def test_train_evaluate_predict(stores, trained, tmp_path):
     per_variant = data["lens"]["astrorim"]["theta_e_median_rel_error_per_variant"]
     assert set(per_variant) == {"v1", "v4"} and all(v >= 0 for v in per_variant.values())
     assert any(t["caption"].startswith("Median |Δθ_E| / θ_E per variant") for t in ev["tables"])
+    by_images = data["lens"]["astrorim"]["theta_e_median_rel_error_by_images"]
+    assert by_images["single"]["n"] + by_images["multiple"]["n"] == 16
+    assert any(t["caption"].startswith("Median |Δθ_E| / θ_E by image") for t in ev["tables"])
     assert data["store_sigma_v_matches_conversion"] < 1e-4
     assert all((tmp_path / "ev" / f).is_file() for f in ("reconstructions.png",
                                                           "ssim_theta_e.png"))  # fmt: skip
