@@ -30,7 +30,10 @@ def test_dump_config_prints_the_options(tmp_path):
     res = runner.invoke(_app(), ["predict", "x.fits", "--pixel-scale", "0.05", "--dump-config"])
     assert res.exit_code == 0 and yaml.safe_load(res.output)["pixel_scale"] == 0.05
     res = runner.invoke(_app(), ["evaluate", "s1", "s2", "--fit-max", "3", "--dump-config"])
-    assert res.exit_code == 0 and yaml.safe_load(res.output)["fit_max"] == 3
+    opts = yaml.safe_load(res.output)
+    assert res.exit_code == 0 and opts["fit_max"] == 3 and opts["symmetrise"] is True
+    res = runner.invoke(_app(), ["predict", "x.fits", "--no-symmetrise", "--dump-config"])
+    assert res.exit_code == 0 and yaml.safe_load(res.output)["symmetrise"] is False
 
 
 def test_errors_are_one_line(tmp_path):

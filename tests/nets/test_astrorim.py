@@ -20,12 +20,19 @@ import torch
 
 import lensml.nets.rim  # noqa: F401  (registers "astrorim" and "astrorim-small")
 from lensml.nets.astrorim import (
+    DIHEDRAL,
     PAPER_RANGES,
+    PARAM_KINDS,
     PARAM_NAMES,
     LensParameterEncoder,
+    dihedral_copies,
+    dihedral_mean,
+    dihedral_params,
     labels_to_params,
     params_to_labels,
     params_to_tensor,
+    symmetrised_params,
+    tensor_to_params,
 )
 from lensml.nets.astrorim_forward import ConditionalForwardOperator, deflection_field
 from lensml.nets.blocks import count_parameters
@@ -658,3 +665,88 @@ def test_encoder_lr_scale_gives_the_encoder_its_own_group():
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(net.parameters()))
     assert {id(p) for p in groups[2]["params"]} == {id(p) for p in net.encoder.parameters()}
+
+
+# ---------------------------------------------------------------------- symmetrisation
+def _assert_params_close(a: dict, b: dict, atol: float) -> None:
+    """Parameters equal, the two axis angles modulo π."""
+    for k in PARAM_NAMES:
+        d = a[k] - b[k]
+        if k in ("phi", "gamma_phi"):
+            d = torch.remainder(d + math.pi / 2, math.pi) - math.pi / 2
+        assert float(d.abs().max()) < atol, (k, a[k], b[k])
+
+
+def test_dihedral_copies_and_params_follow_the_augmentation_rules():
+    from lensml.data.augment import LabelRules, flip, rot90
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(3, 1, 8, 8, generator=g, dtype=F64)
+    p = _params(3)
+    copies, cp = dihedral_copies(x), params_to_tensor(dihedral_params(p))
+    assert copies.shape == (24, 1, 8, 8) and cp.shape == (24, 9)
+    rules = LabelRules(PARAM_NAMES, PARAM_KINDS, angle_period=math.pi)
+    for j, (mirror, k) in enumerate(DIHEDRAL):
+        img, lab = flip(x, params_to_tensor(p), rules, "x") if mirror else (x, params_to_tensor(p))
+        img, lab = rot90(img, lab, rules, k)
+        torch.testing.assert_close(copies[3 * j : 3 * j + 3], img, rtol=0, atol=0)
+        _assert_params_close(tensor_to_params(cp[3 * j : 3 * j + 3]), tensor_to_params(lab), 1e-15)
+    torch.testing.assert_close(dihedral_mean(copies), x, rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match="H, H"):
+        dihedral_copies(torch.zeros(1, 1, 8, 6))
+
+
+def test_dihedral_params_lens_the_turned_source_into_the_turned_image():
+    """The parameter rules are the physics: F(T x; T Θ) = T F(x; Θ) for all eight T."""
+    op = ConditionalForwardOperator(image_size=32, source_size=32, psf_size=9, fwhm=2.0).double()
+    g = torch.Generator().manual_seed(1)
+    p, src = _params(2), _blobs(2, 32, g, F64)
+    with torch.no_grad():
+        img = op.apply(src, op.geometry(p))
+        turned = op.apply(dihedral_copies(src), op.geometry(dihedral_params(p)))
+    assert float(img.abs().max()) > 0.1
+    torch.testing.assert_close(turned, dihedral_copies(img), rtol=1e-9, atol=1e-11)
+
+
+def test_symmetrised_params_are_exactly_equivariant():
+    enc = LensParameterEncoder(channels=(8, 8, 8, 8), pool_size=2, fc=(16,), groups=4).double()
+    g = torch.Generator().manual_seed(2)
+    y = torch.rand(2, 1, 32, 32, generator=g, dtype=F64)
+    with torch.no_grad():
+        base = symmetrised_params(enc, y)
+        turned = symmetrised_params(enc, dihedral_copies(y))
+        single = enc(y)
+    want = dihedral_params(base)
+    _assert_params_close(turned, want, 1e-12)
+    # an untrained encoder is not equivariant by itself: the average is not one of its answers
+    assert float((single["b"] - base["b"]).abs().max()) > 1e-6
+
+
+def test_symmetrised_reconstruction_is_exactly_equivariant():
+    net = _small().double().eval()
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():  # an asymmetric learned PSF: the copies must see it turned
+        net.operator.psf_residual.add_(1e-3 * torch.rand(net.operator.psf_residual.shape,
+                                                         generator=g, dtype=F64))  # fmt: skip
+    y = _synthetic_batch(2)["image"].double()
+    with torch.no_grad():
+        out = net(y, symmetrise=True)
+        plain = net(y)
+        steps = net.reconstruct(y / y.abs().amax(dim=(1, 2, 3), keepdim=True), symmetrise=True,
+                                return_all=True)["steps"]  # fmt: skip
+        # a turned image is seen through the turned PSF
+        psf = net.operator.psf_kernel(F64)
+        same = net(y, psf, symmetrise=True)
+        turned = net(dihedral_copies(y), dihedral_copies(psf).repeat_interleave(2, 0),
+                     symmetrise=True)  # fmt: skip
+    assert len(steps) == net.config["steps"]
+    torch.testing.assert_close(same["source"], out["source"], rtol=0, atol=1e-14)
+    torch.testing.assert_close(turned["source"], dihedral_copies(out["source"]), rtol=1e-7,
+                               atol=1e-10)  # fmt: skip
+    _assert_params_close(turned["params"], dihedral_params(out["params"]), 1e-10)
+    assert float((plain["source"] - out["source"]).abs().max()) > 1e-6
+    # one PSF image for the batch, or one per item: the same answer
+    with torch.no_grad():
+        one = net(y, psf, symmetrise=True)["source"]
+        each = net(y, psf.expand(2, -1, -1, -1), symmetrise=True)["source"]
+    torch.testing.assert_close(one, each, rtol=1e-10, atol=1e-12)

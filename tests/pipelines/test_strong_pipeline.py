@@ -219,6 +219,7 @@ def test_train_evaluate_predict(stores, trained, tmp_path):
     per_variant = data["lens"]["astrorim"]["theta_e_median_rel_error_per_variant"]
     assert set(per_variant) == {"v1", "v4"} and all(v >= 0 for v in per_variant.values())
     assert any(t["caption"].startswith("Median |Δθ_E| / θ_E per variant") for t in ev["tables"])
+    assert data["symmetrised"] is True  # the default, as predict
     by_images = data["lens"]["astrorim"]["theta_e_median_rel_error_by_images"]
     assert by_images["single"]["n"] + by_images["multiple"]["n"] == 16
     assert any(t["caption"].startswith("Median |Δθ_E| / θ_E by image") for t in ev["tables"])

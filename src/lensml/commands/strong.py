@@ -118,6 +118,10 @@ def evaluate(
     max_items: Annotated[int | None, typer.Option(help="First N items of each store.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
     seed: Annotated[int, typer.Option(help="Recorded seed.")] = 0,
+    symmetrise: Annotated[
+        bool,
+        typer.Option(help="Average over the image's 8 mirrors and quarter turns (8× time)."),
+    ] = True,
     device: DeviceOption = "cpu",
     dump_config: DumpConfigOption = False,
 ) -> None:
@@ -125,7 +129,7 @@ def evaluate(
     options = {
         "data": list(data), "model": model, "out": out, "include_fit": include_fit,
         "fit_max": fit_max, "fit_config": fit_config, "max_items": max_items,
-        "batch_size": batch_size, "seed": seed, "device": device,
+        "batch_size": batch_size, "seed": seed, "symmetrise": symmetrise, "device": device,
     }  # fmt: skip
     if dump_config:
         dump_options(options)
@@ -145,6 +149,7 @@ def evaluate(
             batch_size=batch_size,
             seed=seed,
             device=device,
+            symmetrise=symmetrise,
         )
     except USER_ERRORS as err:
         fail(err)
@@ -164,6 +169,10 @@ def predict(
     z_l: Annotated[float | None, typer.Option(help="Lens redshift.")] = None,
     z_s: Annotated[float | None, typer.Option(help="Source redshift.")] = None,
     mask_nan: MaskNanOption = False,
+    symmetrise: Annotated[
+        bool,
+        typer.Option(help="Average over the image's 8 mirrors and quarter turns (8× time)."),
+    ] = True,
     device: DeviceOption = "cpu",
     dump_config: DumpConfigOption = False,
 ) -> None:
@@ -171,7 +180,7 @@ def predict(
     options = {
         "image": image, "model": model, "out": out, "pixel_scale": pixel_scale, "psf": psf,
         "variance": variance, "hdu": hdu, "z_l": z_l, "z_s": z_s, "mask_nan": mask_nan,
-        "device": device,
+        "symmetrise": symmetrise, "device": device,
     }  # fmt: skip
     if dump_config:
         dump_options(options)
@@ -183,7 +192,7 @@ def predict(
         result, caught = run_recording_warnings(
             predict_strong, image, model, out, pixel_scale=pixel_scale, psf=psf,
             variance=variance, hdu=hdu_argument(hdu), z_l=z_l, z_s=z_s,
-            mask_nonfinite=mask_nan, device=device,
+            mask_nonfinite=mask_nan, device=device, symmetrise=symmetrise,
         )  # fmt: skip
     except USER_ERRORS as err:
         fail(err)

@@ -166,7 +166,8 @@ def _check_clusters(path: Path, check: dict[str, Any]) -> dict[str, float]:
 
 def _check_strong(path: Path, check: dict[str, Any]) -> dict[str, float]:
     """AstroRIM: mean SSIM of the sources and median |Δθ_E| / θ_E on ``n`` seeded lenses of
-    each of the card's ``variants``."""
+    each of the card's ``variants``, symmetrised as ``lensml evaluate/predict strong`` run
+    the model by default."""
     import numpy as np
 
     from lensml.pipelines.strong_eval import load_astrorim, run_astrorim, source_scores
@@ -177,7 +178,7 @@ def _check_strong(path: Path, check: dict[str, Any]) -> dict[str, float]:
         one = {**check, "config": {**(check.get("config") or {}), "variant": variant},
                "seed": int(check["seed"]) + k}  # fmt: skip
         data = {key: np.asarray(v) for key, v in _simulate("strong", one).items()}
-        out = run_astrorim(net, data)
+        out = run_astrorim(net, data, symmetrise=True)
         ssim_v.append(source_scores(out["source"], data["source"])[0])
         b_true = data["labels"][:, 0]
         b_rel.append(np.abs(out["labels"][:, 0] - b_true) / b_true)

@@ -58,13 +58,19 @@ from torch import Tensor, nn
 from lensml.nets.blocks import check_int, check_int_list, check_map_input
 
 __all__ = [
+    "DIHEDRAL",
     "PAPER_INIT",
     "PAPER_RANGES",
+    "PARAM_KINDS",
     "PARAM_NAMES",
     "LensParameterEncoder",
+    "dihedral_copies",
+    "dihedral_mean",
+    "dihedral_params",
     "labels_to_params",
     "params_to_labels",
     "params_to_tensor",
+    "symmetrised_params",
     "tensor_to_params",
 ]
 
@@ -289,3 +295,117 @@ def params_to_labels(params: Mapping[str, Tensor], half_field: float | Tensor) -
     lf = _half_field(half_field, t)
     cols = [t[:, i] * lf if p in _LENGTHS else t[:, i] for i, p in enumerate(PARAM_NAMES)]
     return torch.stack(cols, dim=1)
+
+
+#: How each parameter transforms under the image's mirrors and quarter turns
+#: (:class:`lensml.data.augment.LabelRules` kinds; b and r_s are invariant lengths).
+PARAM_KINDS: dict[str, str] = {
+    "phi": "angle",
+    "x0": "position",
+    "y0": "position",
+    "gamma_phi": "angle",
+}
+#: The eight symmetries of a square image: (mirror x → −x first, then k quarter turns CCW).
+DIHEDRAL: tuple[tuple[bool, int], ...] = tuple((m, k) for m in (False, True) for k in range(4))
+
+
+def _param_rules() -> Any:
+    from lensml.data.augment import LabelRules
+
+    return LabelRules(PARAM_NAMES, PARAM_KINDS, position_scale=1.0, angle_period=math.pi)
+
+
+def dihedral_copies(x: Tensor) -> Tensor:
+    """The eight mirrored / turned copies of ``x`` ``(B, C, H, H)``, stacked ``(8 B, C, H, H)``
+    in :data:`DIHEDRAL` order (the geometry of :mod:`lensml.data.augment`)."""
+    from lensml.data.augment import rot90
+
+    if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"dihedral_copies: expected (B, C, H, H), got {tuple(x.shape)}")
+    out = []
+    for mirror, k in DIHEDRAL:
+        t = x.flip(-1) if mirror else x  # x -> -x, as augment.flip(axis="x")
+        out.append(rot90(t, None, None, k)[0] if k else t)
+    return torch.cat(out)
+
+
+def dihedral_mean(copies: Tensor) -> Tensor:
+    """Inverse of :func:`dihedral_copies` followed by the mean: ``(8 B, C, H, H)`` maps, each
+    block in its copy's frame, → ``(B, C, H, H)`` in the original frame."""
+    from lensml.data.augment import rot90
+
+    blocks = copies.reshape(len(DIHEDRAL), -1, *copies.shape[1:])
+    acc = torch.zeros_like(blocks[0])
+    for (mirror, k), t in zip(DIHEDRAL, blocks, strict=True):
+        t = rot90(t, None, None, -k)[0] if k else t
+        acc = acc + (t.flip(-1) if mirror else t)
+    return acc / len(DIHEDRAL)
+
+
+def dihedral_params(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Parameters ``(B,)`` of an image → those of its eight :func:`dihedral_copies` ``(8 B,)``."""
+    from lensml.data.augment import flip, rot90
+
+    rules, lab = _param_rules(), params_to_tensor(params)
+    dummy = lab.new_zeros(lab.shape[0], 1, 1, 1)
+    out = []
+    for mirror, k in DIHEDRAL:
+        t = flip(dummy, lab, rules, "x")[1] if mirror else lab
+        out.append(rot90(dummy, t, rules, k)[1] if k else t)
+    return tensor_to_params(torch.cat(out))
+
+
+def _axis_mean(angle: Tensor, weight: Tensor) -> Tensor:
+    """Weighted mean of π-periodic axis angles ``(K, B)`` through their doubled-angle vectors."""
+    w = weight.clamp_min(1e-12)
+    return 0.5 * torch.atan2((w * torch.sin(2 * angle)).sum(0), (w * torch.cos(2 * angle)).sum(0))
+
+
+def symmetrised_params(encoder: nn.Module, y: Tensor) -> dict[str, Tensor]:
+    """The encoder's parameters averaged over the eight mirror/quarter-turn copies of ``y``.
+
+    Lensing commutes with rotations and mirrors about the optical axis, so the parameters of
+    a turned or mirrored image are the turned or mirrored parameters (training augments with
+    exactly these, §3.3.4). Each copy's estimate is mapped back to the frame of ``y``
+    (:mod:`lensml.data.augment` rules: centre and angles turn, the rest are invariant) and
+    the eight are combined: geometric mean of b and r_s, arithmetic mean of q, the centre,
+    γ and κ_s, and the ellipticity- (shear-) weighted doubled-angle mean of φ (γ_φ). The
+    result is exactly equivariant under the eight transforms of ``y`` (up to float rounding)
+    and averages out part of a trained encoder's scatter; it costs eight encoder passes
+    (one batch of 8 B).
+
+    Parameters
+    ----------
+    encoder : LensParameterEncoder
+        Maps ``(B, C, H, H)`` to the nine parameters (normalised units).
+    y : Tensor
+        ``(B, C, H, H)`` square observations.
+
+    Returns
+    -------
+    dict of Tensor
+        The nine ``(B,)`` parameters in the frame of ``y``.
+    """
+    from lensml.data.augment import flip, rot90
+
+    rules, n = _param_rules(), y.shape[0]
+    lab = params_to_tensor(encoder(dihedral_copies(y))).reshape(len(DIHEDRAL), n, -1)
+    dummy = lab.new_zeros(n, 1, 1, 1)
+    back = []
+    for (mirror, k), t in zip(DIHEDRAL, lab, strict=True):  # undo the turn, then the mirror
+        t = rot90(dummy, t, rules, -k)[1] if k else t
+        back.append(flip(dummy, t, rules, "x")[1] if mirror else t)
+    c = {name: v.reshape(len(DIHEDRAL), n) for name, v in tensor_to_params(
+        torch.cat(back)).items()}  # fmt: skip
+    e = (1 - c["q"]) / (1 + c["q"])
+    return {
+        "b": torch.exp(torch.log(c["b"]).mean(0)),
+        "q": c["q"].mean(0),
+        "phi": _axis_mean(c["phi"], e),
+        "x0": c["x0"].mean(0),
+        "y0": c["y0"].mean(0),
+        "gamma": c["gamma"].mean(0),
+        "gamma_phi": _axis_mean(c["gamma_phi"], c["gamma"]),
+        "kappa_s": c["kappa_s"].mean(0),
+        "r_s": torch.exp(torch.log(c["r_s"]).mean(0)),
+    }

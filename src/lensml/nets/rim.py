@@ -75,8 +75,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lensml.nets.astrorim import PARAM_NAMES, LensParameterEncoder, labels_to_params
-from lensml.nets.astrorim_forward import ConditionalForwardOperator
+from lensml.nets.astrorim import (
+    PARAM_NAMES,
+    LensParameterEncoder,
+    dihedral_copies,
+    dihedral_mean,
+    dihedral_params,
+    labels_to_params,
+    symmetrised_params,
+)
+from lensml.nets.astrorim_forward import ConditionalForwardOperator, LensGeometry
 from lensml.nets.blocks import check_float, check_int, check_int_list
 from lensml.registry import NETWORKS
 
@@ -524,15 +532,55 @@ class AstroRIM(nn.Module):
         psf: Tensor | None = None,
         steps: int | None = None,
         return_all: bool = False,
+        symmetrise: bool = False,
     ) -> dict[str, Any]:
         """Encoder + RIM on an already normalised observation ``y`` ``(B, 1, H, H)``.
+
+        With ``symmetrise`` the reconstruction is averaged over the eight mirrored and
+        turned copies of ``y`` (lensing commutes with them): the lens parameters are the
+        encoder's equivariant mean (:func:`lensml.nets.astrorim.symmetrised_params`), the
+        RIM runs on every copy with those parameters carried into the copy's frame, and the
+        eight sources are turned back and averaged — the same construction as the shear
+        estimator's eq. 14. The result is exactly equivariant; it costs eight encoder and
+        eight RIM passes (one batch of 8 B).
 
         Returns a dict with ``params`` (nine ``(B,)`` tensors), ``geometry``
         (:class:`LensGeometry`), ``source`` (x_T) and, with ``return_all``, ``steps``
         (``[x_1, …, x_T]``).
         """
-        params = self.encoder(y)
-        geom = self.operator.geometry(params)
+        if symmetrise:
+            params = symmetrised_params(self.encoder, y)
+            # each copy is seen through the turned / mirrored PSF (the learned one included)
+            if psf is None:
+                psf = self.operator.psf_kernel(torch.promote_types(y.dtype, torch.float32))
+            psf_c = dihedral_copies(psf)
+            if psf.shape[0] == 1:  # one PSF for the batch: its copies, per item
+                psf_c = psf_c.repeat_interleave(y.shape[0], dim=0)
+            res = self._run_rim(dihedral_copies(y), dihedral_params(params), psf_c, steps,
+                                return_all)  # fmt: skip
+            out = [dihedral_mean(x) for x in res] if return_all else dihedral_mean(res)
+            result: dict[str, Any] = {"params": params, "geometry": self.operator.geometry(params)}
+        else:
+            params = self.encoder(y)
+            result = {"params": params, "geometry": self.operator.geometry(params)}
+            out = self._run_rim(y, params, psf, steps, return_all, result["geometry"])
+        if return_all:
+            result["steps"], result["source"] = out, out[-1]
+        else:
+            result["source"] = out
+        return result
+
+    def _run_rim(
+        self,
+        y: Tensor,
+        params: Mapping[str, Tensor],
+        psf: Tensor | None,
+        steps: int | None,
+        return_all: bool,
+        geom: LensGeometry | None = None,
+    ) -> Any:
+        """The RIM on ``y`` with the lens fixed by ``params`` (x_T, or every x_t)."""
+        geom = self.operator.geometry(params) if geom is None else geom
         op = self.operator
 
         def fwd(x: Tensor) -> Tensor:
@@ -542,15 +590,11 @@ class AstroRIM(nn.Module):
             return op.adjoint(r, geom, psf)
 
         x0 = adj(y - op.background.to(y.dtype))
-        out = self.rim(y, fwd, adj, x0.to(y.dtype), steps, return_all)
-        result: dict[str, Any] = {"params": params, "geometry": geom}
-        if return_all:
-            result["steps"], result["source"] = out, out[-1]
-        else:
-            result["source"] = out
-        return result
+        return self.rim(y, fwd, adj, x0.to(y.dtype), steps, return_all)
 
-    def forward(self, image: Tensor, psf: Tensor | None = None) -> dict[str, Any]:
+    def forward(
+        self, image: Tensor, psf: Tensor | None = None, symmetrise: bool = False
+    ) -> dict[str, Any]:
         """Reconstruct the source of each observation.
 
         Parameters
@@ -559,6 +603,9 @@ class AstroRIM(nn.Module):
             ``(B, 1, H, H)`` observations (any flux unit; sky-subtracted).
         psf : Tensor, optional
             ``(B|1, 1, K, K)`` PSF to use instead of the learned global one.
+        symmetrise : bool
+            Lens parameters averaged over the image's eight mirrors and quarter turns
+            (:meth:`reconstruct`).
 
         Returns
         -------
@@ -569,7 +616,7 @@ class AstroRIM(nn.Module):
         """
         y = self._check(image, "image", self.image_size)
         scale = self._scale(y)
-        res = self.reconstruct(y / scale, psf)
+        res = self.reconstruct(y / scale, psf, symmetrise=symmetrise)
         model = self.operator(res["source"], res["geometry"], psf)
         return {
             "source": res["source"] * scale,

@@ -89,10 +89,16 @@ def physical_quantities(
 
 
 def run_astrorim(
-    net: Any, data: Mapping[str, np.ndarray], batch_size: int = 16, device: str = "cpu"
+    net: Any,
+    data: Mapping[str, np.ndarray],
+    batch_size: int = 16,
+    device: str = "cpu",
+    symmetrise: bool = False,
 ) -> dict:
     """AstroRIM on arrays: ``data`` holds ``image`` ``(N, 1, H, H)``, ``pixel_scale`` ``(N,)``
-    (arcsec) and, when the network uses them, ``psf`` / ``lens_light``.
+    (arcsec) and, when the network uses them, ``psf`` / ``lens_light``. ``symmetrise``
+    averages the lens parameters over the image's eight mirrors and quarter turns
+    (:func:`lensml.nets.astrorim.symmetrised_params`).
 
     Returns ``source``, ``model`` (F(x_T) in image units), ``labels`` (``(N, 9)``, the
     generator's units), ``input`` (the image the network saw) and ``seconds`` (network time).
@@ -114,7 +120,7 @@ def run_astrorim(
         psf = torch.from_numpy(np.ascontiguousarray(data["psf"][sl])).float() if use_psf else None
         t0 = time.perf_counter()
         with torch.no_grad():
-            res = net(y.to(device), None if psf is None else psf.to(device))
+            res = net(y.to(device), None if psf is None else psf.to(device), symmetrise=symmetrise)
         seconds += time.perf_counter() - t0
         half = torch.from_numpy(data["pixel_scale"][sl] * y.shape[-1] / 2.0).float()
         labels = params_to_labels({k: v.cpu() for k, v in res["params"].items()}, half)
@@ -282,6 +288,7 @@ def evaluate_strong(
     max_items: int | None = None,
     plots: bool = True,
     print_table: bool = True,
+    symmetrise: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a trained AstroRIM (and the ``lens-fit`` baseline) on held-out stores.
 
@@ -309,6 +316,10 @@ def evaluate_strong(
         Evaluate the first ``max_items`` of each store.
     plots, print_table : bool
         Write the figures / print the rich tables.
+    symmetrise : bool
+        Average each reconstruction over the image's eight mirrors and quarter turns
+        (:meth:`lensml.nets.rim.AstroRIM.reconstruct`), as ``lensml predict strong`` does by
+        default; recorded as ``symmetrised``.
 
     Returns
     -------
@@ -349,7 +360,7 @@ def evaluate_strong(
     variants = list(dict.fromkeys(i.variant for i in infos))
     cosmos = [store_cosmology(i.cosmology) for i in infos]
 
-    rim = run_astrorim(net, data, batch_size, device)
+    rim = run_astrorim(net, data, batch_size, device, symmetrise=symmetrise)
     s_rim, m_rim = source_scores(rim["source"], data["source"])
     resid = rim["input"] - rim["model"]
     chi2 = np.mean((resid / data["noise_sigma"]) ** 2, axis=(1, 2, 3))
@@ -360,6 +371,7 @@ def evaluate_strong(
         "network": minfo.network,
         "n": n,
         "seed": int(seed),
+        "symmetrised": bool(symmetrise),
         "variants": variants,
         "source_normalisation": "pred and truth / max(truth) per example, pred clipped to [0, 1]",
         "source_metrics": {"astrorim": _method_block(s_rim, m_rim, data["variant"], variants)},
