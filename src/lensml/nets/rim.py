@@ -604,8 +604,8 @@ class AstroRIM(nn.Module):
         psf : Tensor, optional
             ``(B|1, 1, K, K)`` PSF to use instead of the learned global one.
         symmetrise : bool
-            Lens parameters averaged over the image's eight mirrors and quarter turns
-            (:meth:`reconstruct`).
+            Average the reconstruction (lens parameters and source) over the image's eight
+            mirrors and quarter turns (:meth:`reconstruct`; 8× the time).
 
         Returns
         -------

@@ -97,8 +97,8 @@ def run_astrorim(
 ) -> dict:
     """AstroRIM on arrays: ``data`` holds ``image`` ``(N, 1, H, H)``, ``pixel_scale`` ``(N,)``
     (arcsec) and, when the network uses them, ``psf`` / ``lens_light``. ``symmetrise``
-    averages the lens parameters over the image's eight mirrors and quarter turns
-    (:func:`lensml.nets.astrorim.symmetrised_params`).
+    averages the reconstruction (lens parameters and source) over the image's eight mirrors
+    and quarter turns (:meth:`lensml.nets.rim.AstroRIM.reconstruct`).
 
     Returns ``source``, ``model`` (F(x_T) in image units), ``labels`` (``(N, 9)``, the
     generator's units), ``input`` (the image the network saw) and ``seconds`` (network time).
