@@ -283,3 +283,20 @@ def test_memory_budget_keeps_every_decoded_chunk(store_dir, monkeypatch):
     assert len(tiny._cache) == 3
     with pytest.raises(ValueError, match="cache_mb"):
         StoreDataset(store_dir, cache_mb=-1)
+
+
+def test_pooled_stores_size_an_automatic_cache_to_hold_every_store(store_dir, monkeypatch):
+    import lensml.data.pooled as pooled
+
+    keys = ["image", "labels"]
+    auto = pooled.PooledStores._open_stores([store_dir, store_dir], keys, None)
+    for d in auto:  # each store whole, so a shuffled epoch decodes every chunk once
+        assert d.cache_bytes >= d.decoded_mb * 2**20
+    fixed = pooled.PooledStores._open_stores([store_dir, store_dir], keys, 10.0)
+    assert [d.cache_bytes for d in fixed] == [5 * 2**20] * 2  # an explicit budget, shared
+    # a machine too small for the stores: the budgets shrink to the allowed share of memory
+    need = sum(1.05 * d.decoded_mb + 1.0 for d in auto)
+    monkeypatch.setattr(pooled, "_memory_mb", lambda: need / (2 * pooled.AUTO_CACHE_FRACTION))
+    small = pooled.PooledStores._open_stores([store_dir, store_dir], keys, None)
+    total = sum(d.cache_bytes for d in small) / 2**20
+    assert total == pytest.approx(need / 2, rel=1e-6)

@@ -14,7 +14,20 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["PooledStores"]
+__all__ = ["AUTO_CACHE_FRACTION", "PooledStores"]
+
+#: Largest share of the machine's memory an automatic chunk cache may take (per process).
+AUTO_CACHE_FRACTION = 0.4
+
+
+def _memory_mb() -> float:
+    """Physical memory of the machine in MiB (8 GiB assumed where the OS does not say)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    except (AttributeError, ValueError, OSError):
+        return 8192.0
 
 
 class PooledStores:
@@ -47,13 +60,25 @@ class PooledStores:
         self.fixed_epoch, self.epoch = bool(fixed_epoch), 0
 
     @staticmethod
-    def _open_stores(roots: Sequence, keys: Sequence[str], cache_mb: float) -> list:
-        """One :class:`lensml.data.datasets.StoreDataset` per store root, serving ``keys``,
-        the decoded-chunk budget ``cache_mb`` (MiB, per process) shared evenly among them."""
+    def _open_stores(roots: Sequence, keys: Sequence[str], cache_mb: float | None) -> list:
+        """One :class:`lensml.data.datasets.StoreDataset` per store root, serving ``keys``.
+
+        ``cache_mb`` is the decoded-chunk budget (MiB, per process) shared evenly among them;
+        None sizes it to hold every store whole (each its own :attr:`decoded_mb`, so a
+        shuffled epoch decodes every chunk once), as long as the total stays within
+        :data:`AUTO_CACHE_FRACTION` of the machine's memory (the budgets then shrink in
+        proportion)."""
         from lensml.data.datasets import StoreDataset
 
-        per_store = float(cache_mb) / len(roots)
-        return [StoreDataset(r, keys=list(keys), cache_mb=per_store) for r in roots]
+        if cache_mb is not None:
+            per_store = float(cache_mb) / len(roots)
+            return [StoreDataset(r, keys=list(keys), cache_mb=per_store) for r in roots]
+        stores = [StoreDataset(r, keys=list(keys)) for r in roots]
+        need = [1.05 * s.decoded_mb + 1.0 for s in stores]
+        shrink = min(1.0, AUTO_CACHE_FRACTION * _memory_mb() / max(sum(need), 1e-9))
+        for s, mb in zip(stores, need, strict=True):
+            s.cache_bytes = int(mb * shrink * 2**20)
+        return stores
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation draws of ``epoch`` (ignored with ``fixed_epoch``)."""

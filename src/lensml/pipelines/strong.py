@@ -245,11 +245,12 @@ class StrongDataset(PooledStores):
         Keep epoch 0's draws (validation).
     keys : sequence of str
         Maps to serve (default :data:`MAP_KEYS`).
-    cache_mb : float
+    cache_mb : float, optional
         Memory budget (MiB, shared evenly by the variant stores, per process) for decoded store
         chunks (:class:`lensml.data.datasets.StoreDataset`): a training set that fits is
         decoded once and then served from memory under shuffled access; 0 keeps only a
-        4-chunk cache per store.
+        4-chunk cache per store. None (default): as much as the stores hold, up to 40 % of
+        the machine's memory (:meth:`lensml.data.pooled.PooledStores._open_stores`).
     """
 
     def __init__(
@@ -260,7 +261,7 @@ class StrongDataset(PooledStores):
         seed: int = 0,
         fixed_epoch: bool = False,
         keys: Sequence[str] = MAP_KEYS,
-        cache_mb: float = 1024.0,
+        cache_mb: float | None = None,
     ) -> None:
         self.infos = _infos(data_dir)
         bad = [k for k in keys if k not in MAP_KEYS]
