@@ -46,6 +46,12 @@ from lensml.commands.common import (
 __all__ = ["evaluate", "predict", "train"]
 
 
+#: ``--symmetrise/--no-symmetrise`` of evaluate and predict (AstroRIM.reconstruct).
+SymmetriseOption = Annotated[
+    bool, typer.Option(help="Average over the image's 8 mirrors and quarter turns (8× time).")
+]
+
+
 def train(
     network: Annotated[
         str, typer.Argument(help="AstroRIM network: astrorim (paper size) or astrorim-small.")
@@ -118,10 +124,7 @@ def evaluate(
     max_items: Annotated[int | None, typer.Option(help="First N items of each store.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
     seed: Annotated[int, typer.Option(help="Recorded seed.")] = 0,
-    symmetrise: Annotated[
-        bool,
-        typer.Option(help="Average over the image's 8 mirrors and quarter turns (8× time)."),
-    ] = True,
+    symmetrise: SymmetriseOption = True,
     device: DeviceOption = "cpu",
     dump_config: DumpConfigOption = False,
 ) -> None:
@@ -169,10 +172,7 @@ def predict(
     z_l: Annotated[float | None, typer.Option(help="Lens redshift.")] = None,
     z_s: Annotated[float | None, typer.Option(help="Source redshift.")] = None,
     mask_nan: MaskNanOption = False,
-    symmetrise: Annotated[
-        bool,
-        typer.Option(help="Average over the image's 8 mirrors and quarter turns (8× time)."),
-    ] = True,
+    symmetrise: SymmetriseOption = True,
     device: DeviceOption = "cpu",
     dump_config: DumpConfigOption = False,
 ) -> None:
