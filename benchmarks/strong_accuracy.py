@@ -259,9 +259,9 @@ def _read_json(path: Path) -> dict | None:
 
 def _earlier_run(path: Path) -> dict | None:
     """What the results JSON at ``path`` says of the run that ``--resume`` continues."""
-    if not path.is_file():
+    old = _read_json(path)
+    if old is None:
         return None
-    old = json.loads(path.read_text(encoding="utf-8"))
     earlier = old.get("resumed_from")
     return {
         "created": old.get("created"),
