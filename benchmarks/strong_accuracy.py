@@ -236,6 +236,9 @@ def main(argv: list[str] | None = None) -> dict:
                 "earlier_args": earlier.get("args"),
                 "earlier_goals": earlier.get("goals"),
             }
+            for key in _CARRIED_KEYS:  # written by hand after a run: kept, not re-measured
+                if key in earlier:
+                    result[key] = earlier[key]
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.out.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(_safe(result), indent=1), encoding="utf-8")
@@ -249,6 +252,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 _TRAINING_KEYS = ("epochs", "global_step", "n_train", "n_val", "best_val_loss",
                   "final_train_loss", "pairs_per_s", "network_config")  # fmt: skip
+#: Top-level entries of an earlier results file that ``--evaluate-only`` carries over.
+_CARRIED_KEYS = ("previous_shipped_model", "note")
 _EVAL_KEYS = ("n", "symmetrised", "variants", "source_metrics", "lens", "forward", "timing",
               "fit")  # fmt: skip
 

@@ -189,6 +189,21 @@ def test_theta_e_error_by_image_multiplicity():
     assert _by_multiplicity(err[:2], np.array([2.0, 3.0]))["single"] == {"n": 0, "median": None}
 
 
+def test_theta_e_error_by_field_fraction():
+    from lensml.pipelines.strong_eval import FIELD_FRACTION_EDGES, _by_field_fraction
+
+    err = np.array([0.3, 0.02, 0.04, 0.5, 0.06, 0.9])
+    theta_e = np.array([0.2, 1.0, 1.2, 2.5, 0.5, 30.0])  # arcsec
+    half = np.array([1.92, 1.92, 1.92, 1.92, 9.6, 9.6])  # 96 px of 0.04″ and of 0.2″
+    out = _by_field_fraction(err, theta_e, half)
+    assert [b["lo"] for b in out] == list(FIELD_FRACTION_EDGES[:-1]) and out[-1]["hi"] is None
+    # fractions 0.104, 0.521, 0.625, 1.30, 0.052, 3.125
+    assert [b["n"] for b in out] == [2, 0, 2, 0, 2]
+    assert out[0]["median"] == pytest.approx(0.18) and out[1]["median"] is None
+    assert out[2]["median"] == pytest.approx(0.03) and out[4]["median"] == pytest.approx(0.7)
+    assert sum(b["n"] for b in out) == len(err)  # every system in exactly one bin
+
+
 def test_table1_conversion_matches_store_sigma_v(stores):
     from lensml.data.store import open_store
     from lensml.pipelines.strong import store_cosmology
@@ -223,6 +238,9 @@ def test_train_evaluate_predict(stores, trained, tmp_path):
     by_images = data["lens"]["astrorim"]["theta_e_median_rel_error_by_images"]
     assert by_images["single"]["n"] + by_images["multiple"]["n"] == 16
     assert any(t["caption"].startswith("Median |Δθ_E| / θ_E by image") for t in ev["tables"])
+    by_field = data["lens"]["astrorim"]["theta_e_median_rel_error_by_field_fraction"]
+    assert sum(b["n"] for b in by_field) == 16
+    assert any(t["caption"].startswith("Median |Δθ_E| / θ_E by θ_E over") for t in ev["tables"])
     assert data["store_sigma_v_matches_conversion"] < 1e-4
     assert all((tmp_path / "ev" / f).is_file() for f in ("reconstructions.png",
                                                           "ssim_theta_e.png"))  # fmt: skip

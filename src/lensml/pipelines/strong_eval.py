@@ -26,6 +26,7 @@ fit, residual for a few systems), ``ssim_hist.png``, ``theta_e.png``, and rich t
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -224,6 +225,11 @@ def _lens_block(
         out["theta_e_median_rel_error_by_images"] = _by_multiplicity(
             errs["b_rel"], data["n_images"]
         )
+    if "image" in data and "pixel_scale" in data:
+        half = np.asarray(data["pixel_scale"], float) * np.shape(data["image"])[-1] / 2.0
+        out["theta_e_median_rel_error_by_field_fraction"] = _by_field_fraction(
+            errs["b_rel"], true[:, 0], half
+        )
     return out, {"sigma_v_pred": sig_p, "sigma_v_true": sig_t, "mass_pred": m_p, "mass_true": m_t}
 
 
@@ -239,6 +245,31 @@ def _by_multiplicity(err: np.ndarray, n_images: np.ndarray) -> dict[str, dict[st
             "n": int(sel.sum()),
             "median": float(np.median(err[sel])) if sel.any() else None,
         }
+    return out
+
+
+#: Bin edges of θ_E / (half the image width) for the θ_E error breakdown.
+FIELD_FRACTION_EDGES = (0.0, 0.25, 0.5, 0.75, 1.0, math.inf)
+
+
+def _by_field_fraction(
+    err: np.ndarray, theta_e: np.ndarray, half_width: np.ndarray
+) -> list[dict[str, Any]]:
+    """Median θ_E error in bins of the true θ_E over half the image width (both arcsec).
+
+    Near 1 the Einstein ring reaches the edges of the stamp; beyond 1 it runs past them and
+    only arcs toward the corners (out to √2) can still be on the image, so the image no
+    longer shows where most of the critical curve is. At small fractions the ring spans few
+    pixels and PSF widths. Bins: :data:`FIELD_FRACTION_EDGES`, each with ``lo``,
+    ``hi``, ``n`` and ``median`` (None when empty)."""
+    frac = np.asarray(theta_e, float).reshape(-1) / np.asarray(half_width, float).reshape(-1)
+    out = []
+    for lo, hi in itertools.pairwise(FIELD_FRACTION_EDGES):
+        sel = (frac >= lo) & (frac < hi)
+        out.append({
+            "lo": lo, "hi": None if math.isinf(hi) else hi, "n": int(sel.sum()),
+            "median": float(np.median(err[sel])) if sel.any() else None,
+        })  # fmt: skip
     return out
 
 
@@ -535,6 +566,23 @@ def format_tables(result: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "rows": mrows,
             }
         )
+    frows = [
+        [method, *(f"{_g(b['median'])} ({b['n']})"
+                   for b in e["theta_e_median_rel_error_by_field_fraction"])]
+        for method, e in result["lens"].items()
+        if "theta_e_median_rel_error_by_field_fraction" in e
+    ]  # fmt: skip
+    if frows:
+        tables.append(
+            {
+                "caption": "Median |Δθ_E| / θ_E by θ_E over half the image width (number of "
+                "systems); from 1 on the Einstein ring runs past the image edges",
+                "columns": ["method", *(
+                    f"{lo:g}–{hi:g}" if not math.isinf(hi) else f"≥ {lo:g}"
+                    for lo, hi in itertools.pairwise(FIELD_FRACTION_EDGES))],
+                "rows": frows,
+            }
+        )  # fmt: skip
     t = result["timing"]
     trows = [["astrorim", f"{_g(t['astrorim_ms_per_image'])} ms / image", t["device"]]]
     if "fit_s_per_system" in t:
