@@ -28,7 +28,13 @@ from lensml.pipelines.strong_metrics import (
     ssim,
     summary_stats,
 )
-from lensml.pipelines.strong_predict import is_nonlinear, predict_strong, predicted_kappa
+from lensml.pipelines.strong_predict import (
+    RING_EDGE_FRACTION,
+    is_nonlinear,
+    predict_strong,
+    predicted_kappa,
+    ring_edge_warning,
+)
 
 FAST_FIT = {"supersample": 1, "adam_steps": 10, "lm_max_iter": 2, "theta_e_start_factors": [1.0]}
 
@@ -268,7 +274,12 @@ def test_train_evaluate_predict(stores, trained, tmp_path):
         assert table["theta_e"][0] == pytest.approx(res["params"]["theta_e"])
         assert table["sigma_v"][0] > 0 and table["mass"][0] > 0
         assert hdul["KAPPA"].data.shape == (96, 96)
-    assert (tmp_path / "out.png").is_file() and res["warnings"] == []
+    assert (tmp_path / "out.png").is_file()
+    on_edge = res["params"]["theta_e"] >= RING_EDGE_FRACTION * 96 * 0.04 / 2
+    assert res["warnings"] == ([ring_edge_warning(res["params"]["theta_e"], 1.92, True)]
+                               if on_edge else [])  # fmt: skip
+    header = fits.getheader(tmp_path / "out.fits")
+    assert header["RINGEDGE"] is on_edge and header["NONLIN"] is False
     sig, mass = physical_quantities(res["params"]["theta_e"], 0.4, 1.5, None)
     assert res["params"]["sigma_v"] == pytest.approx(float(sig[0]))
     assert res["params"]["mass"] == pytest.approx(float(mass[0]))
@@ -312,6 +323,16 @@ def test_train_evaluate_predict(stores, trained, tmp_path):
         warnings.simplefilter("error")
         rm = predict_strong(nan, model, tmp_path / "m.fits", mask_nonfinite=True, panel=False)
     assert any("NaN" in n for n in rm["notes"])
+
+
+def test_ring_edge_warning():
+    assert ring_edge_warning(1.2, 1.92, True) is None  # 0.625 of the half-width
+    assert ring_edge_warning(float("nan"), 1.92, True) is None
+    msg = ring_edge_warning(1.5, 1.92, True)
+    assert msg is not None and "0.78 of the half-width" in msg and "coarser pixel scale" in msg
+    single = ring_edge_warning(2.5, 1.92, False)
+    assert single is not None and "1.30" in single and "coarser" not in single
+    assert ring_edge_warning(RING_EDGE_FRACTION * 2.0, 2.0, False) is not None  # inclusive
 
 
 def test_is_nonlinear():

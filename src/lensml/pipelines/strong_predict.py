@@ -22,6 +22,10 @@ scale, PSF or noise model):
   learned PSF (Moffat FWHM, β + residual) is assumed.
 * **variance** (optional FITS, same shape as the image): σ for χ²; without one σ is estimated
   from the image border (1.4826 × MAD of the outer 8 pixels) and said so.
+* **ring at the field edge** — a predicted θ_E of at least :data:`RING_EDGE_FRACTION` of the
+  field's half-width warns (:func:`ring_edge_warning`): the ring reaches the image edge, where
+  held-out errors are several times larger and θ_E comes out low. The FITS header records it
+  (``RINGEDGE``).
 * **redshifts** — z_l, z_s from the arguments, else from the header (``Z_L``/``ZLENS``,
   ``Z_S``/``ZSOURCE``), else the assumed 0.5 and 2.0 (said so); the cosmology is the paper's
   flat ΛCDM (H0 = 70, Ω_m = 0.3) unless given.
@@ -47,11 +51,13 @@ import numpy as np
 
 __all__ = [
     "NONLINEAR_WARNING",
+    "RING_EDGE_FRACTION",
     "LensImage",
     "is_nonlinear",
     "predict_strong",
     "predicted_kappa",
     "read_lens_image",
+    "ring_edge_warning",
 ]
 
 NONLINEAR_WARNING = (
@@ -60,7 +66,33 @@ NONLINEAR_WARNING = (
     "reconstruction and the physical outputs (theta_E, sigma_v, M(<theta_E)) are unreliable "
     "(the paper's failure case, Sect. 4.3)"
 )
+#: θ_E over half the field width from which :func:`ring_edge_warning` warns.
+RING_EDGE_FRACTION = 0.75
 _DEFAULT_Z = (0.5, 2.0)
+
+
+def ring_edge_warning(theta_e: float, half_width: float, multi_scale: bool) -> str | None:
+    """The warning text when θ_E (arcsec) reaches ``RING_EDGE_FRACTION`` of the field's
+    half-width (arcsec), else None.
+
+    There the Einstein ring reaches or passes the edges of the field the network sees: on
+    held-out simulations such lenses have several times the median θ_E error of rings well
+    inside, and come out low (``lensml evaluate strong`` prints the error by this fraction).
+    ``multi_scale`` (a model trained on several pixel scales, which takes an image at its own
+    scale) adds the remedy: bin the image to a coarser scale so the ring lies inside.
+    """
+    frac = float(theta_e) / float(half_width)
+    if not frac >= RING_EDGE_FRACTION:  # also None for NaN
+        return None
+    msg = (
+        f"theta_E = {theta_e:.3g} arcsec is {frac:.2f} of the half-width of the field the "
+        f"network sees ({half_width:.3g} arcsec): the Einstein ring reaches the edge of the "
+        "image, so theta_E and the quantities derived from it are poorly constrained and "
+        "likely underestimated"
+    )
+    if multi_scale:
+        msg += "; binning the image to a coarser pixel scale would bring the ring inside"
+    return msg
 
 
 def is_nonlinear(image: np.ndarray) -> bool:
@@ -271,7 +303,8 @@ def predict_strong(
     -------
     dict
         ``out``, ``panel``, ``params`` (table values), ``pixel_scale`` (working, arcsec),
-        ``reduced_chi2``, ``notes`` (what was assumed) and ``warnings``.
+        ``reduced_chi2``, ``notes`` (what was assumed) and ``warnings`` (a non-linear
+        image, an Einstein ring at the field edge).
 
     Raises
     ------
@@ -376,10 +409,14 @@ def predict_strong(
     sig_v, mass = physical_quantities(lab[:, 0], zl, zs, cosmology)
     params = {name: float(lab[0, j]) for j, name in enumerate(_PARAM_COLUMNS[:9])}
     params.update(sigma_v=float(sig_v[0]), mass=float(mass[0]), reduced_chi2=red_chi2)
+    edge = ring_edge_warning(params["theta_e"], half, len(model_scales) != 1)
+    if edge is not None:
+        warnings.warn(edge, UserWarning, stacklevel=2)
+        warns.append(edge)
     src_scale = 2.0 * half * float(net.config.get("source_fov", 1.0)) / source.shape[-1]
     out = Path(out)
     _write_output(out, data, source, kappa, model_img, resid, chi2_map, params, scale, src_scale,
-                  notes, warns, (zl, zs))  # fmt: skip
+                  notes, warns, (zl, zs), edge is not None)  # fmt: skip
     panel_path = None
     if panel:
         from lensml.physics.lens_conversions import einstein_quantities
@@ -421,6 +458,7 @@ def _write_output(
     notes: Sequence[str],
     warns: Sequence[str],
     z: tuple[float, float],
+    ring_edge: bool,
 ) -> None:
     from astropy.io import fits
 
@@ -430,7 +468,8 @@ def _write_output(
     h = primary.header
     h["PIPELINE"] = ("lensml strong", "AstroRIM prediction")
     h["Z_L"], h["Z_S"] = (z[0], "lens redshift used"), (z[1], "source redshift used")
-    h["NONLIN"] = (bool(warns), "non-linear image: physics unreliable")
+    h["NONLIN"] = (NONLINEAR_WARNING in warns, "non-linear image: physics unreliable")
+    h["RINGEDGE"] = (ring_edge, "ring at field edge: theta_E unreliable")
     for note in notes:
         h.add_history(note.encode("ascii", "replace").decode()[:70])
     hdus: list[Any] = [primary]
@@ -522,8 +561,10 @@ def _panel(
         f"θ_E = {te:.3g}″, q = {params['q']:.2f}, γ = {params['gamma']:.3f}, "
         f"σ_v = {params['sigma_v']:.0f} km/s"
     )
-    if warns:
+    if NONLINEAR_WARNING in warns:
         title += "  — WARNING: non-linear image, physical outputs unreliable"
+    elif warns:  # the only other warning: the ring at the field edge
+        title += "  — WARNING: Einstein ring at the field edge, θ_E unreliable"
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
