@@ -166,7 +166,14 @@ def _speeds(ev: dict, apt: dict) -> dict:
         for b in ("sersic-fit", "astrophot"):
             if a != b and s.get(a) and s.get(b):
                 ratios[f"{a}/{b}"] = s[a] / s[b]
-    return {"galaxies_per_s": s, "ratios": ratios}
+    median = {n: e["galaxies_per_s_median"] for n, e in m.items() if "galaxies_per_s_median" in e}
+    return {
+        "galaxies_per_s": s,
+        "ratios": ratios,
+        "cnn_galaxies_per_s_median": median,
+        "note": "networks: best of the full passes over the held-out stamps (median beside "
+        "it); the fit: one batched run; AstroPhot: mean per galaxy after a warm-up fit",
+    }
 
 
 def _print(ev: dict, speeds: dict, goals: dict, apt: dict) -> None:
@@ -196,7 +203,8 @@ def _print(ev: dict, speeds: dict, goals: dict, apt: dict) -> None:
     st.add_column("method / ratio")
     st.add_column("value", justify="right")
     for k, v in speeds["galaxies_per_s"].items():
-        st.add_row(k, f"{v:.3g}")
+        med = speeds["cnn_galaxies_per_s_median"].get(k)
+        st.add_row(k, f"{v:.3g}" + ("" if med is None else f" (median {med:.3g})"))
     for k, v in speeds["ratios"].items():
         st.add_row(k, f"{v:.3g}×")
     console.print(st)

@@ -194,9 +194,16 @@ def test_train_saves_a_sersic_model_with_calibrated_sigma(trained):
     after = res["sigma_calibration"]["val_pulls_after"]
     # folding the factors into the output bias makes the validation pulls unit-variance
     assert all(after[k]["std"] == pytest.approx(1.0, abs=1e-3) for k in ENCODED_LABELS)
+    # the location calibration left every output median-unbiased on the validation split
+    cal = res["sigma_calibration"]
+    assert np.abs(cal["median_residual_after"]).max() < 1e-4
+    assert np.abs(cal["median_residual_before"]).max() > 1e-3  # there was something to remove
+    assert set(model.meta["location_calibration"]["shift"]) == set(ENCODED_LABELS)
     plain = load_sersic_model(trained["galnet-1-small"]["model_dir"])
     assert not plain.with_psf and not plain.has_sigma
-    assert trained["galnet-1-small"]["sigma_calibration"] is None
+    cal1 = trained["galnet-1-small"]["sigma_calibration"]  # no σ head: the location only
+    assert cal1["factors"] is None and cal1["val_pulls_after"] is None
+    assert np.abs(cal1["median_residual_after"]).max() < 1e-4
 
 
 def test_evaluate_reports_table2_for_cnns_and_fit_in_one_run(evaluated, tmp_path):
@@ -204,6 +211,11 @@ def test_evaluate_reports_table2_for_cnns_and_fit_in_one_run(evaluated, tmp_path
     assert set(data["methods"]) == {"galnet-1-small", "galnet-2-small", "sersic-fit"}
     for entry in data["methods"].values():
         assert entry["galaxies_per_s"] > 0
+    for name in ("galnet-1-small", "galnet-2-small"):  # best of 3 full passes, and the median
+        entry = data["methods"][name]
+        assert len(entry["seconds_all"]) == 3 and entry["seconds"] == min(entry["seconds_all"])
+        assert entry["galaxies_per_s"] >= entry["galaxies_per_s_median"] > 0
+    for entry in data["methods"].values():
         for k in ("x", "y", "mag", "r_eff", "q", "pa", "n"):
             row = entry["table2"][k]
             assert all(math.isfinite(row[s]) for s in ("r2", "outlier_fraction", "nmad", "e_s"))
@@ -341,6 +353,13 @@ def test_quickstart_section_uses_shipped_models(trained, tmp_path, monkeypatch):
     assert set(summary["table2"]) == {"galnet-1-small", "galnet-2-small", "sersic-fit"}
     assert all(p.is_file() for p in paths) and not (tmp_path / "qs" / "work").exists()
     assert any(p.name == "residuals.png" for p in paths)
+
+
+def test_evaluate_refuses_bad_timing_repeats(stores, tmp_path):
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="timing_repeats must be an integer >= 1"):
+            evaluate_sersic(stores[1], [], tmp_path / "e", timing_repeats=bad)
+    assert not (tmp_path / "e").exists()  # refused before anything is written
 
 
 def test_train_refuses_bad_arguments(stores, tmp_path):
