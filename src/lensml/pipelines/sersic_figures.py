@@ -189,7 +189,11 @@ def plot_chi2(
         ax.set_xlabel("a-posteriori reduced χ̃² (eq. 11)")
         ax.set_ylabel("galaxies")
         ax.set_title(name, fontsize=9)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        else:  # no finite χ̃² in this panel (e.g. every fit failed there)
+            ax.text(0.5, 0.5, "no finite values", ha="center", va="center",
+                    transform=ax.transAxes)  # fmt: skip
     fig.tight_layout()
     return save_figure(fig, path)
 
