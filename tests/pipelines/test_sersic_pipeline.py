@@ -355,6 +355,31 @@ def test_quickstart_section_uses_shipped_models(trained, tmp_path, monkeypatch):
     assert any(p.name == "residuals.png" for p in paths)
 
 
+def test_calibrate_outputs_again_changes_little_and_records_totals(stores, trained, tmp_path):
+    """A second calibration on the run's own validation split finds (almost) nothing left to
+    shift or scale, and the metadata keep the totals (shifts added, factors multiplied)."""
+    import shutil
+
+    from lensml.pipelines.sersic import calibrate_outputs, validation_split
+
+    src = trained["galnet-2-small"]["model_dir"]
+    first = load_sersic_model(src).meta
+    model_dir = tmp_path / "again"
+    shutil.copytree(src, model_dir)
+    _, val_idx = validation_split(64, 0, 0.1)  # the fixture's train_sersic split
+    assert len(val_idx) == 6 and val_idx == sorted(val_idx)
+    val = SersicStampDataset(stores[0], True, first["asinh_scale"], val_idx, 64)
+    res = calibrate_outputs(model_dir, val, 4)
+    assert res["applied"] and np.abs(res["location_shift"]).max() < 1e-5
+    assert all(f == pytest.approx(1.0, abs=1e-4) for f in res["factors"].values())
+    meta = load_sersic_model(model_dir).meta
+    for k in ENCODED_LABELS:
+        assert meta["location_calibration"]["shift"][k] == pytest.approx(
+            first["location_calibration"]["shift"][k], abs=1e-5)  # fmt: skip
+        assert meta["sigma_calibration"]["factors"][k] == pytest.approx(
+            first["sigma_calibration"]["factors"][k] * res["factors"][k], rel=1e-12)  # fmt: skip
+
+
 def test_evaluate_refuses_bad_timing_repeats(stores, tmp_path):
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match="timing_repeats must be an integer >= 1"):

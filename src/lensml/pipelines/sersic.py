@@ -282,7 +282,7 @@ def calibrate_outputs(
     location: bool = True,
     sigma: bool = True,
 ) -> dict[str, Any]:
-    """Calibrate a saved GaLNet on held-out stamps by folding it into the output layer's bias.
+    """Calibrate a saved GaLNet on held-out stamps, folded into its output layer's bias.
 
     Parameters
     ----------
@@ -308,8 +308,9 @@ def calibrate_outputs(
     -------
     dict
         ``applied``, ``location_shift`` (label units, per encoded label, or None),
-        ``median_residual_before`` / ``after``, ``factors`` (or None) and, with a σ head,
-        ``val_pulls_before`` / ``after``.
+        ``median_residual_before`` / ``after``, ``factors`` (this call's, or None) and, with
+        a σ head, ``val_pulls_before`` / ``after``. The model's metadata
+        (``location_calibration``, ``sigma_calibration``) hold the totals over every call.
     """
     import torch
 
@@ -348,14 +349,22 @@ def calibrate_outputs(
         if factors is not None:
             state[key][n_lab:] += 2.0 * torch.log(torch.tensor(factors, dtype=dtype))
     meta = dict(model.meta)
+    # the records are cumulative: calibrating a calibrated model adds to its shifts and
+    # multiplies its factors, so the metadata always describe the total change
     if location:
+        prev = (meta.get("location_calibration") or {}).get("shift") or {}
         meta["location_calibration"] = {
-            "shift": dict(zip(ENCODED_LABELS, shift.tolist(), strict=True)),
+            "shift": {k: float(prev.get(k, 0.0)) + float(v)
+                      for k, v in zip(ENCODED_LABELS, shift, strict=True)},
             "n_val": len(val),
-        }
+        }  # fmt: skip
     if factors is not None:
-        meta["sigma_calibration"] = {"factors": dict(zip(ENCODED_LABELS, factors, strict=True)),
-                                     "n_val": len(val)}  # fmt: skip
+        prev = (meta.get("sigma_calibration") or {}).get("factors") or {}
+        meta["sigma_calibration"] = {
+            "factors": {k: float(prev.get(k, 1.0)) * f
+                        for k, f in zip(ENCODED_LABELS, factors, strict=True)},
+            "n_val": len(val),
+        }  # fmt: skip
     norm.extra = {**norm.extra, EXTRA_KEY: meta}
     save_model(
         model_dir, state, network=model.info.network, network_config=model.info.network_config,
@@ -371,7 +380,7 @@ def calibrate_outputs(
         "location_shift": shift.tolist() if location else None,
         "median_residual_before": resid_before.tolist(),
         "median_residual_after": np.median(mu2 - truth, axis=0).tolist(),
-        "factors": None if factors is None else meta["sigma_calibration"]["factors"],
+        "factors": None if factors is None else dict(zip(ENCODED_LABELS, factors, strict=True)),
         "val_pulls_before": before,
         "val_pulls_after": after,
     }
