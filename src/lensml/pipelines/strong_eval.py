@@ -238,14 +238,14 @@ def _by_multiplicity(err: np.ndarray, n_images: np.ndarray) -> dict[str, dict[st
 
     A singly imaged source constrains θ_E only through the weak distortion of one image,
     which is degenerate with the source's own shape; multiple images pin it."""
-    n_img = np.asarray(n_images, float).reshape(-1)
-    out = {}
-    for name, sel in (("single", n_img < 2), ("multiple", n_img >= 2)):  # NaN: neither
-        out[name] = {
-            "n": int(sel.sum()),
-            "median": float(np.median(err[sel])) if sel.any() else None,
-        }
-    return out
+    n_img = np.asarray(n_images, float).reshape(-1)  # NaN (not counted) falls in neither
+    subsets = (("single", n_img < 2), ("multiple", n_img >= 2))
+    return {name: _median_of(err, sel) for name, sel in subsets}
+
+
+def _median_of(err: np.ndarray, sel: np.ndarray) -> dict[str, Any]:
+    """``{"n", "median"}`` of ``err`` where ``sel`` (median None when nothing is selected)."""
+    return {"n": int(sel.sum()), "median": float(np.median(err[sel])) if sel.any() else None}
 
 
 #: Bin edges of θ_E / (half the image width) for the θ_E error breakdown.
@@ -266,10 +266,7 @@ def _by_field_fraction(
     out = []
     for lo, hi in itertools.pairwise(FIELD_FRACTION_EDGES):
         sel = (frac >= lo) & (frac < hi)
-        out.append({
-            "lo": lo, "hi": None if math.isinf(hi) else hi, "n": int(sel.sum()),
-            "median": float(np.median(err[sel])) if sel.any() else None,
-        })  # fmt: skip
+        out.append({"lo": lo, "hi": None if math.isinf(hi) else hi, **_median_of(err, sel)})
     return out
 
 
