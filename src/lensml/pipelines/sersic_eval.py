@@ -279,14 +279,9 @@ def evaluate_sersic(
 
     from lensml.data.store import write_json_atomic
 
-    if isinstance(fit_max, bool) or not isinstance(fit_max, int) or fit_max < 1:
-        raise ValueError(f"fit_max must be an integer >= 1, got {fit_max!r}")
-    if (
-        isinstance(timing_repeats, bool)
-        or not isinstance(timing_repeats, int)
-        or timing_repeats < 1
-    ):
-        raise ValueError(f"timing_repeats must be an integer >= 1, got {timing_repeats!r}")
+    for name, value in (("fit_max", fit_max), ("timing_repeats", timing_repeats)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     info = inspect_sersic_store(data_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
